@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Every test: package in step with notebooks, notebooks clean, README fresh, notebook tests (all flags on), pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export STREAMML_TEST_ROOT="${STREAMML_TEST_ROOT:-$(mktemp -d /tmp/streamml-test.XXXXXX)}"
+export STREAMML_HOME="$STREAMML_TEST_ROOT/home"   # tests never touch var/
+export MPLBACKEND=Agg TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+bash scripts/start-mariadb.sh
+echo "== notebooks, package and README in step"
+python scripts/check_sync.py
+echo "== notebook tests (nbdev-test --flags 'broker mariadb')"
+nbdev-test --flags "broker mariadb" --do-print --timing
+echo "== pytest tests/"
+python -m pytest tests/ -q -p no:cacheprovider
