@@ -112,6 +112,7 @@ CREATE TABLE runs (
 	notebook_path TEXT, 
 	version VARCHAR(64), 
 	source TEXT, 
+	merged_into VARCHAR(36), 
 	host VARCHAR(255), 
 	requested_at DATETIME(6) NOT NULL, 
 	started_at DATETIME(6), 

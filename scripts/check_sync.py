@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Check (or with --fix, bring) the package, the notebooks and README.md in step.
 
-- `nbdev-export` must not change `streamml/` (the package is generated from `nbs/`);
 - `nbdev-clean` must not change any notebook (and keeps papermill's `parameters` tag);
+- `nbdev-export` must not change `streamml/` (the package is generated from `nbs/`; cleaning runs first
+  because the export cites cell ids that cleaning assigns);
 - README.md must equal `nbs/index.ipynb` converted with nbconvert (Quarto is not available here).
 Without --fix a difference is reported and the exit code is 1 (the files are left fixed, so a second run passes).
 """
@@ -35,12 +36,12 @@ def tags_kept():
 
 def main(fix=False):
     problems = []
-    before = snapshot(['streamml/**/*.py'])
-    subprocess.run([str(bindir/'nbdev-export')], cwd=root, check=True)
-    if d := changed(before, snapshot(['streamml/**/*.py'])): problems.append(f'nbdev-export changed {d}: export and commit')
     before = snapshot(['nbs/**/*.ipynb'])
     subprocess.run([str(bindir/'nbdev-clean')], cwd=root, check=True)
     if d := changed(before, snapshot(['nbs/**/*.ipynb'])): problems.append(f'nbdev-clean changed {d}: clean and commit')
+    before = snapshot(['streamml/**/*.py'])
+    subprocess.run([str(bindir/'nbdev-export')], cwd=root, check=True)
+    if d := changed(before, snapshot(['streamml/**/*.py'])): problems.append(f'nbdev-export changed {d}: export and commit')
     if bad := tags_kept(): problems.append(f'no `parameters` cell tag in {bad}')
     readme, text = root/'README.md', render_readme()
     if not readme.exists() or readme.read_text() != text:

@@ -7,7 +7,7 @@ __all__ = ['StreamMLError', 'ConfigError', 'ValidationError', 'SchemaError', 'Pa
            'UnknownCommandError', 'ParameterError', 'NoChampionError', 'BuildError', 'AuthError', 'ForbiddenError',
            'BrokerError', 'StoreError']
 
-# %% ../nbs/00_errors.ipynb #f71b96d8
+# %% ../nbs/00_errors.ipynb #65839c79
 class StreamMLError(Exception):
     "Base of every streamml error; `status` is the HTTP status a route answers with."
     status: int = 500

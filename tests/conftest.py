@@ -24,9 +24,10 @@ def unique_topics(tag: str = '') -> Topics:
     return Topics(**{f: f'{f}.{sfx}' for f in Topics.__dataclass_fields__})
 
 def settings_for(home: Path, broker=None, db_url: str|None=None, topics: Topics|None=None, **env):
-    "Settings for a test: its own home, the session broker, fresh topic names; extra STREAMML_* in `env`."
+    "Settings for a test: its own home, a broker (an `EmbeddedBroker` or 'host:port'), topic names; extra STREAMML_* in `env`."
     e = {'STREAMML_HOME': str(home), **{k: str(v) for k, v in env.items()}}
-    if broker is not None: e |= {'STREAMML_BOOTSTRAP_SERVERS': broker.bootstrap, 'STREAMML_KAFKA_PROFILE': 'embedded'}
+    if broker is not None:
+        e |= {'STREAMML_BOOTSTRAP_SERVERS': getattr(broker, 'bootstrap', broker), 'STREAMML_KAFKA_PROFILE': 'embedded'}
     if db_url: e['STREAMML_DB_URL'] = db_url
     s = load_settings(e)
     return s.with_(topics=topics) if topics else s
