@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .errors import StreamMLError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'Command', 'resolve', 'not_built', 'parser', 'main', 'run']
+__all__ = ['COMMANDS', 'Command', 'resolve', 'not_built', 'chosen_command', 'parser', 'main', 'run']
 
 # %% ../nbs/40_cli.ipynb #c8040318
 @dataclass(frozen=True)
@@ -57,6 +57,15 @@ def not_built(name: str) -> str:
     return f'streamml {name}: not built yet (issue {COMMANDS[name].issue})'
 
 # %% ../nbs/40_cli.ipynb #bb4b24ae
+def chosen_command(argv: list[str] # command line
+                  ) -> str|None:
+    "The subcommand named in `argv`, skipping top-level options and their values."
+    it = iter(argv)
+    for a in it:
+        if a == '--log-level': next(it, None)
+        elif not a.startswith('-'): return a
+    return None
+
 def parser(argv: list[str] # command line (the chosen subcommand's arguments are attached)
           ) -> argparse.ArgumentParser:
     "The `streamml` parser; only the subcommand named in `argv` imports its module."
@@ -64,7 +73,7 @@ def parser(argv: list[str] # command line (the chosen subcommand's arguments are
                                   'Settings come from STREAMML_* variables (see scripts/env.sh).')
     top.add_argument('--log-level', default=None, help='DEBUG, INFO (default), WARNING')
     sub = top.add_subparsers(dest='command', metavar='COMMAND')
-    chosen = next((a for a in argv if not a.startswith('-')), None)
+    chosen = chosen_command(argv)
     for name, spec in COMMANDS.items():
         p = sub.add_parser(name, help=spec.help, description=spec.help)
         if name != chosen: continue

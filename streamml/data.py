@@ -10,7 +10,7 @@ from .db import training_data
 from .messages import parse_numbers
 
 # %% auto #0
-__all__ = ['REGIMES', 'judges', 'csv_rows', 'load_rows']
+__all__ = ['REGIMES', 'judges', 'csv_rows', 'drifting', 'load_rows']
 
 # %% ../nbs/03_data.ipynb #b035dafc
 REGIMES = {  # name -> (weights of the three judges, bias): fourth = clip(round(w·x + bias + noise), 0, 10)
@@ -35,6 +35,16 @@ def judges(n: int,                 # rows to generate
 def csv_rows(X: np.ndarray, y: np.ndarray) -> list[str]:
     "Training payloads `'x1,x2,x3,label'` for the rows."
     return [','.join(str(int(v)) if float(v).is_integer() else repr(float(v)) for v in (*x, l)) for x, l in zip(X, y)]
+
+# %% ../nbs/03_data.ipynb #a571ea81
+def drifting(schedule: list[tuple[str, int]], # (regime, rows) phases in order, e.g. [('agree', 600), ('contrary', 900)]
+             seed: int=0,                     # random seed of the whole stream
+             noise: float=0.5                 # standard deviation of the fourth judge's noise
+            ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    "`(X, y, starts)`: the phases' rows one after another, and the row index where each phase starts."
+    parts = [judges(n, seed * 1000 + i, regime, noise) for i, (regime, n) in enumerate(schedule)]
+    starts = np.cumsum([0] + [n for _, n in schedule])[:-1].tolist()
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), starts
 
 # %% ../nbs/03_data.ipynb #2fe27c3a
 def load_rows(conn,                  # SQLAlchemy connection or engine

@@ -1,0 +1,167 @@
+"""The dashboard served by real Voila and loaded in headless Chromium, driven through the DevTools protocol.
+
+Chromium runs with the flags of issue 6; the test polls the DOM (with a deadline) until the widgets have rendered:
+a screenshot alone, or `--virtual-time-budget`, leaves them "Loading widget...". It checks the accuracy plot and
+the champion table on an empty database, then fills the database through the package's functions and waits for
+the page to redraw itself (no reload: the page's own refresh). Screenshots go to `test-artifacts/`.
+"""
+import base64, json, os, shutil, subprocess, tempfile, time, urllib.request
+from pathlib import Path
+import pytest, sqlalchemy as sa
+from conftest import ROOT, settings_for
+from streamml.broker import free_port
+from streamml import db as D
+from streamml.dashboard import start_dashboard, wait_http, example_fill
+
+ARTIFACTS = ROOT/'test-artifacts'
+CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason='Debian chromium is not installed (make system-deps)')
+
+STATE_JS = """(() => {
+  const img = document.querySelector('img.streamml-live-plot');
+  const tab = document.querySelector('table.streamml-champions');
+  return JSON.stringify({
+    live: !!img && img.complete && img.naturalWidth > 0,
+    champions: tab ? tab.innerText : null,
+    empty: !!document.querySelector('.streamml-empty'),
+    runs: [...document.querySelectorAll('table.streamml-runs a')].map(a => a.getAttribute('href')),
+    loading: document.body ? document.body.innerText.includes('Loading widget') : true,
+    error: document.body ? /Traceback|Error in cell|Kernel error/i.test(document.body.innerText) : false,
+    text: document.body ? document.body.innerText.slice(0, 800) : ''});
+})()"""
+
+
+class DevTools:
+    "A minimal Chrome DevTools protocol client over one page target's websocket."
+    def __init__(self, port: int, deadline: float):
+        import websocket
+        url = f'http://127.0.0.1:{port}/json/list'
+        while True:   # poll until the browser answers and has a page target
+            try:
+                targets = json.load(urllib.request.urlopen(url, timeout=2))
+                page = next(t for t in targets if t.get('type') == 'page')
+                break
+            except (OSError, ValueError, StopIteration):
+                if time.monotonic() > deadline: raise AssertionError('chromium DevTools did not answer')
+                time.sleep(0.1)
+        self.ws, self.n = websocket.create_connection(page['webSocketDebuggerUrl'], timeout=30, suppress_origin=True), 0
+
+    def call(self, method: str, **params) -> dict:
+        "Send one command and return its result (events in between are skipped)."
+        self.n += 1
+        self.ws.send(json.dumps({'id': self.n, 'method': method, 'params': params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get('id') == self.n:
+                if 'error' in msg: raise AssertionError(f'{method}: {msg["error"]}')
+                return msg.get('result', {})
+
+    def state(self) -> dict:
+        r = self.call('Runtime.evaluate', expression=STATE_JS, returnByValue=True)
+        return json.loads(r['result']['value'])
+
+    def wait_for(self, what: str, ok, timeout: float) -> dict:
+        "Poll the DOM until `ok(state)` holds; fail with the last state after `timeout` seconds."
+        deadline, st = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            st = self.state()
+            assert not st['error'], f'the page shows an error: {st["text"]}'
+            if ok(st): return st
+            time.sleep(0.25)
+        raise AssertionError(f'{what}: not rendered within {timeout} s; last DOM state {st}')
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.call('Page.captureScreenshot', format='png', captureBeyondViewport=True)['data']
+        path.parent.mkdir(parents=True, exist_ok=True); path.write_bytes(base64.b64decode(data))
+        return path
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    "Headless Chromium with the DevTools protocol on a free port; stopped afterwards."
+    port = free_port()
+    proc = subprocess.Popen([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+                             '--disable-component-update', '--disable-sync', '--no-first-run', f'--remote-debugging-port={port}',
+                             f'--user-data-dir={tmp_path/"chromium"}', '--window-size=1280,2000', 'about:blank'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        dt = DevTools(port, time.monotonic() + 60)
+        dt.call('Page.enable'); dt.call('Runtime.enable')
+        yield dt
+        dt.ws.close()
+    finally:
+        proc.terminate()
+        try: proc.wait(10)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+
+
+@pytest.fixture(params=['sqlite', 'mariadb'])
+def voila(request, tmp_path):
+    "Voila serving the dashboard for a fresh database (SQLite, or MariaDB) in a temporary home; yields (settings, url, engine)."
+    port = free_port()
+    url = request.getfixturevalue('mariadb_url') if request.param == 'mariadb' else None
+    s = settings_for(tmp_path/'home', db_url=url, STREAMML_DASHBOARD_PORT=port)
+    engine = D.make_engine(s); D.init_db(engine)
+    proc = start_dashboard(s, port, log_path=tmp_path/'voila.log')
+    try:
+        url = f'http://{s.host}:{port}/'
+        assert wait_http(url, 90, proc), f'voila did not answer; log:\n{(tmp_path/"voila.log").read_text()[-3000:]}'
+        yield s, url, engine
+    finally:
+        proc.terminate()
+        try: proc.wait(15)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        engine.dispose()
+
+
+def test_dashboard_in_chromium(voila, chromium):
+    s, url, engine = voila
+    chromium.call('Page.navigate', url=url)
+    # empty database: the friendly message, a drawn (placeholder) accuracy plot and an empty champion table
+    st = chromium.wait_for('empty page', lambda st: st['live'] and st['champions'] is not None and not st['loading'], 120)
+    assert st['empty'] and 'No data yet' in st['text']
+    assert 'no champion yet' in st['champions']
+    chromium.screenshot(ARTIFACTS/f'dashboard-empty-{s.db_url.split(":")[0].split("+")[0]}.png')
+    # fill the database; the page redraws by itself (browser-driven ticks), without a reload
+    filled = example_fill(s, engine)
+    st = chromium.wait_for('filled page', lambda st: filled['versions'][0] in (st['champions'] or '') and st['runs'], 120)
+    assert not st['empty'] and st['live']
+    assert 'dtr' in st['champions'] and 'rows)' in st['champions']   # champion with its rolling live accuracy
+    assert f'http://{s.host}:{s.http_port}/runs/{filled["runs"][0]}' in st['runs']
+    shot = chromium.screenshot(ARTIFACTS/f'dashboard-filled-{s.db_url.split(":")[0].split("+")[0]}.png')
+    assert shot.stat().st_size > 10_000
+
+
+def test_preheated_kernel_outlives_the_idle_timeout_and_idle_kernels_are_culled(tmp_path, chromium):
+    """A page load long after start gets a live preheated kernel (its idle time starts when it is handed out);
+    once the browser leaves, the page's kernel is culled and only the preheated one stays."""
+    import psutil
+    port = free_port()
+    s = settings_for(tmp_path/'home')
+    D.init_db(D.make_engine(s))
+    proc = start_dashboard(s, port, log_path=tmp_path/'voila.log', cull_idle_s=5)
+    def kernels():
+        out = []
+        for c in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if c.status() != psutil.STATUS_ZOMBIE and 'ipykernel' in ' '.join(c.cmdline()): out.append(c)
+            except psutil.Error: pass   # exited meanwhile
+        return out
+    try:
+        url = f'http://{s.host}:{port}/'
+        assert wait_http(url, 90, proc)
+        # wait (on the clock, the condition under test) until the pooled kernel is older than the idle timeout
+        deadline = time.monotonic() + 90
+        while not (kernels() and time.time() - min(k.create_time() for k in kernels()) > 12) and time.monotonic() < deadline: time.sleep(0.5)
+        chromium.call('Page.navigate', url=url)
+        chromium.wait_for('page on an old preheated kernel', lambda st: st['live'] and st['champions'] is not None and not st['loading'], 120)
+        for _ in range(2): urllib.request.urlopen(url, timeout=60).read()   # page loads whose browser never connects
+        assert len(kernels()) >= 3
+        chromium.call('Page.navigate', url='about:blank')
+        deadline = time.monotonic() + 90
+        while len(kernels()) > 1 and time.monotonic() < deadline: time.sleep(0.5)
+        assert len(kernels()) <= 1, f'{len(kernels())} kernels still running'
+    finally:
+        proc.terminate()
+        try: proc.wait(15)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
