@@ -37,7 +37,7 @@ test: install system-deps  ## set up and run every test (what CI runs)
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/test.sh
 
 lab: install  ## JupyterLab on nbs/ with the project's kernel
-	$(BIN)/jupyter lab --no-browser --allow-root --notebook-dir=nbs
+	$(BIN)/jupyter lab --no-browser --allow-root --notebook-dir=nbs --MappingKernelManager.default_kernel_name=streamml
 
 export:  ## notebooks -> package, clean notebooks, README from nbs/index.ipynb
 	$(BIN)/python scripts/check_sync.py --fix

@@ -24,7 +24,8 @@ __all__ = ['log', 'SINK_FILES', 'read_properties', 'SinkSpec', 'sink_spec', 'Rot
            'builds_api', 'record_build', 'store_batch', 'optional_hooks', 'Metrics', 'EventsService',
            'stand_in_project', 'Archived', 'parse_archive_line', 'parse_time', 'in_window', 'archive_files',
            'read_archives', 'replay', 'recent_dead_letters', 'resend_dead_letters', 'args_events', 'cmd_events',
-           'args_replay', 'cmd_replay', 'args_deadletters', 'cmd_deadletters', 'bench_ingest']
+           'args_replay', 'cmd_replay', 'args_deadletters', 'cmd_deadletters', 'bench_champions', 'crown',
+           'bench_ingest']
 
 # %% ../nbs/20_events.ipynb #de8c7a5e
 def read_properties(path: Path # a Java .properties file
@@ -749,10 +750,44 @@ def _service_run(s: Settings,  # settings (database, topic)
     if svc.stats['events'] < n: raise StoreError(f'bench ingest: only {svc.stats["events"]} of {n} events stored')
     return svc.last_at - svc.first_at
 
+def bench_champions(s: Settings,  # settings (home for the artifacts)
+                    X, y               # training rows
+                   ) -> list:
+    "Real mlp, dtr and slr versions trained on (X, y) without TensorFlow, so live scoring has work to do in the bench."
+    import numpy as np
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.tree import DecisionTreeClassifier
+    from streamml.registry import save_version, tree_from_sklearn, linear_arrays
+    h = len(X) // 2
+    mean, scale = X.mean(axis=0), X.std(axis=0) + 1e-7
+    mlp = MLPClassifier((32, 32), activation='tanh', max_iter=50, random_state=0).fit((X[:h] - mean) / scale, y[:h])
+    dense = dict(kind='dense', mean=mean, scale=scale, classes=mlp.classes_, activations=['tanh', 'tanh', 'softmax'],
+                 **{f'W{i}': w for i, w in enumerate(mlp.coefs_)}, **{f'b{i}': b for i, b in enumerate(mlp.intercepts_)})
+    dtr = DecisionTreeClassifier(max_depth=8, random_state=0).fit(X[:h], y[:h])
+    slope, intercept = np.polyfit(X[:h, 0], X[:h, 1], 1)
+    hold = (X[h:], y[h:])
+    return [save_version(s, 'mlp', task='classification', serving=dense, metric_name='accuracy',
+                         metrics={'accuracy': mlp.score((X[h:] - mean) / scale, y[h:])}, holdout=hold),
+            save_version(s, 'dtr', task='classification', serving=tree_from_sklearn(dtr), metric_name='accuracy',
+                         metrics={'accuracy': dtr.score(X[h:], y[h:])}, holdout=hold),
+            save_version(s, 'slr', task='regression', serving=linear_arrays(slope, intercept), metric_name='r2',
+                         metrics={'r2': 0.0}, holdout=(X[h:, :1], X[h:, 1]))]
+
+def crown(url: str,       # database of one bench run
+          versions: list  # versions to make champions
+         ) -> None:
+    "Create the tables at `url` and make each version its model's champion."
+    from streamml.db import make_engine, init_db
+    from streamml.registry import register_version, set_champion
+    eng = make_engine(url); init_db(eng)
+    with eng.begin() as c:
+        for v in versions: register_version(c, v, 'promoted'); set_champion(c, v)
+    eng.dispose()
+
 def bench_ingest(s: Settings,      # settings (an embedded broker is started when none is configured)
                  argv: list[str]   # --n, --rounds, --mysql, --mirrors, --max-records
                 ) -> 'Iterator[dict]':
-    "Events stored per second by the events service on SQLite and MariaDB vs a read-only consumer (medians of interleaved rounds)."
+    "Events stored per second by the events service (three champions scoring every row) on SQLite and MariaDB vs a read-only consumer, and with scoring off (medians of interleaved rounds)."
     import argparse, statistics
     from streamml.bench import result
     from streamml.broker import EmbeddedBroker, free_port, create_topics
@@ -785,6 +820,7 @@ def bench_ingest(s: Settings,      # settings (an embedded broker is started whe
             except sa.exc.DBAPIError as e: print(f'bench ingest: MariaDB skipped: {e.orig}', file=sys.stderr)
         try: import streamml.live; live = True
         except ImportError: live = False
+        champs = bench_champions(s, X[:4000], y[:4000]) if live else []   # scoring on: three champions score every row
         configs = [('streamml', db, m, True) for db in dbs for m in o.mirrors.split(',')]
         configs += [('no-scoring', db, 'batch', False) for db in dbs] if live else []
         secs = {c: [] for c in configs} | {'read-only': []}
@@ -798,6 +834,7 @@ def bench_ingest(s: Settings,      # settings (an embedded broker is started whe
                     with srv.begin() as cn: cn.exec_driver_sql(f'CREATE DATABASE {name} CHARACTER SET utf8mb4')
                     url = f'{o.mysql}/{name}'
                 made.append((db, url))
+                crown(url, champs)
                 secs[c].append(_service_run(s.with_(db_url=url), o.n, mirror=mirror, scoring=scoring, max_records=o.max_records))
         ro = o.n / statistics.median(secs['read-only'])
         yield result('ingest', 'read-only', throughput=ro, n=o.n, rounds=o.rounds, ratio=1.0)

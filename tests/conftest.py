@@ -40,6 +40,14 @@ def settings(tmp_path, broker):
     return s
 
 @pytest.fixture
+def engine(settings):
+    "An engine on the `settings` database (SQLite in the test's home), tables created; disposed afterwards."
+    from streamml.db import make_engine, init_db
+    e = make_engine(settings); init_db(e)
+    yield e
+    e.dispose()
+
+@pytest.fixture
 def mariadb_url():
     "A fresh MariaDB database for one test, dropped afterwards; its SQLAlchemy URL."
     name = f'streamml_test_{uuid.uuid4().hex[:12]}'

@@ -14,12 +14,6 @@ from conftest import ROOT, streamml
 from test_serving_helpers import dense_version, tree_version, linear_version, promote, wait_for, Service, Responses, send_raw
 import sqlalchemy as sa
 
-@pytest.fixture
-def engine(settings):
-    e = make_engine(settings); init_db(e)
-    yield e
-    e.dispose()
-
 def test_every_request_is_answered(settings, engine):
     s = settings
     vd, clf = tree_version(s); promote(s, engine, vd, announce=False)

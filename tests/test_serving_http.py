@@ -14,12 +14,6 @@ from test_serving_helpers import dense_version, tree_version, linear_version, pr
 
 F2018 = {'input', 'result', 'accuracy', 'modelid', 'prediction-date'}
 
-@pytest.fixture
-def engine(settings):
-    e = make_engine(settings); init_db(e)
-    yield e
-    e.dispose()
-
 def test_real_server(settings, engine):
     s = settings
     port = free_port(); base = f'http://127.0.0.1:{port}'
