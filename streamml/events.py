@@ -13,7 +13,7 @@ from sqlalchemy.dialects import mysql, sqlite
 from .config import Settings, Topics, StopFlag, make_consumer, make_producer, consumer_lag, ensure_home
 from .db import (make_engine, init_db, insert_ignore, increment, minute, utcnow, training_data,
                          consumer_offsets, event_counters, dead_letters, runs)
-from .messages import parse_event, TrainingEvent, CommandEvent, BadEvent
+from .messages import parse_event, TrainingEvent, CommandEvent, BadEvent, dead_letter_headers
 from .errors import BrokerError, ConfigError, StoreError, StreamMLError
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,8 @@ class Coords:
     def headers(self, error: str|None=None # the dead-letter reason, if any
                ) -> list[tuple[str, bytes]]:
         "Kafka headers carrying these coordinates (and `error`)."
-        h = [('source_topic', self.topic), ('source_partition', str(self.partition)),
-             ('source_offset', str(self.offset)), ('source_cluster_id', self.cluster_id)]
-        if error is not None: h.insert(0, ('error', error))
-        return [(k, v.encode()) for k, v in h]
+        h = dead_letter_headers(error or '', self.topic, self.partition, self.offset, self.cluster_id)
+        return h if error is not None else h[1:]
 
 def source_coords(rec,         # a kafka-python ConsumerRecord
                   cluster: str # the cluster id it was read from

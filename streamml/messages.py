@@ -12,7 +12,7 @@ from .errors import StreamMLError, ValidationError, SchemaError, PayloadTooLarge
 # %% auto #0
 __all__ = ['Event', 'TRIGGER', 'decode_object', 'parse_numbers', 'fmt_number', 'TrainingRow', 'parse_row', 'TrainingEvent',
            'CommandEvent', 'BadEvent', 'parse_command', 'parse_event', 'PredictionRequest', 'parse_request',
-           'utc_stamp', 'make_response']
+           'dead_letter_headers', 'utc_stamp', 'make_response']
 
 # %% ../nbs/01_messages.ipynb #cae44ff4
 def decode_object(raw: bytes|str,  # message value
@@ -157,6 +157,17 @@ def parse_request(raw: bytes|str|dict,  # Kafka value, HTTP body, or an already 
                                  payload if isinstance(payload, str) else None, (), rid, str(e))
 
 # %% ../nbs/01_messages.ipynb #a2541898
+def dead_letter_headers(error: str,            # why the message cannot be handled
+                        topic: str,            # where it was read
+                        partition: int,
+                        offset: int,
+                        cluster_id: str|None=None  # broker cluster it was read from (events carry it for replay)
+                       ) -> list[tuple[str, bytes]]:
+    "The DESIGN §3 dead-letter headers: `error`, `source_topic`, `source_partition`, `source_offset` (+ `source_cluster_id`)."
+    h = [('error', error[:1000]), ('source_topic', topic), ('source_partition', str(partition)), ('source_offset', str(offset))]
+    if cluster_id is not None: h.append(('source_cluster_id', cluster_id))
+    return [(k, v.encode()) for k, v in h]
+
 def utc_stamp(t: dt.datetime|None=None # a time (default now)
              ) -> str:
     "UTC as `YYYY-MM-DD HH:MM:SS`, the 2018 system's `prediction-date` format."

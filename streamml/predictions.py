@@ -9,18 +9,18 @@ from collections import Counter, defaultdict
 import numpy as np
 from .config import Settings, StopFlag, make_consumer, make_producer, consumer_lag
 from .errors import StreamMLError, SchemaError
-from .messages import PredictionRequest, parse_request, make_response, decode_object
+from .messages import PredictionRequest, parse_request, make_response, decode_object, dead_letter_headers
 from .champions import Champions
 
 log = logging.getLogger(__name__)
 GROUP = 'streamml-predictions'  # the consumer group every instance joins
 
 # %% auto #0
-__all__ = ['log', 'GROUP', 'RESPONDERS', 'answer', 'undecodable', 'PredictionMetrics', 'dead_letter_headers', 'Responder',
-           'batch', 'flush_counters', 'serve_predictions', 'PredictionTimeout', 'PredictClient', 'predict',
-           'args_predictions', 'cmd_predictions', 'args_predict', 'cmd_predict', 'baseline_handler', 'bench_env',
-           'with_topics', 'start_responder', 'stop_process', 'warm_up', 'measure_throughput', 'measure_latency',
-           'bench_model', 'random_dense', 'responders', 'bench_predict', 'bench_swap']
+__all__ = ['log', 'GROUP', 'RESPONDERS', 'answer', 'undecodable', 'PredictionMetrics', 'Responder', 'batch', 'flush_counters',
+           'serve_predictions', 'PredictionTimeout', 'PredictClient', 'predict', 'args_predictions', 'cmd_predictions',
+           'args_predict', 'cmd_predict', 'baseline_handler', 'bench_env', 'with_topics', 'start_responder',
+           'stop_process', 'warm_up', 'measure_throughput', 'measure_latency', 'bench_model', 'random_dense',
+           'responders', 'bench_predict', 'bench_swap']
 
 # %% ../nbs/21_predictions.ipynb #39e0d7dd
 def _result(p, v):
@@ -78,11 +78,6 @@ class PredictionMetrics:
         self.lag = Gauge('streamml_predictions_consumer_lag', 'Records not yet read, per partition', ['partition'], registry=r)
 
 # %% ../nbs/21_predictions.ipynb #ce564102
-def dead_letter_headers(error: str, topic: str, partition: int, offset: int) -> list:
-    "The DESIGN §3 dead-letter headers."
-    return [('error', error.encode()[:1000]), ('source_topic', topic.encode()),
-            ('source_partition', str(partition).encode()), ('source_offset', str(offset).encode())]
-
 class Responder:
     "Consume requests in a group, answer each poll's batch with `handle`, produce, flush, then commit."
     def __init__(self, s: Settings,                 # settings (topics, client settings)
