@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 __all__ = ['log', 'STATUS_STYLE', 'EMPTY_HTML', 'read_drifts', 'snapshot', 'fingerprint', 'is_empty', 'png', 'plot_holdout',
            'plot_live', 'plot_events', 'html_table', 'champion_table', 'runs_table', 'dead_letter_table', 'Dashboard',
            'refresh', 'page_settings', 'example_fill', 'page_path', 'voila_argv', 'voila_env', 'start_dashboard',
-           'wait_http', 'args_dashboard', 'cmd_dashboard']
+           'args_dashboard', 'cmd_dashboard']
 
 # %% ../nbs/50_dashboard.ipynb #8a9a3330
 def _rows(conn, q) -> list[dict]:
@@ -403,21 +403,7 @@ def start_dashboard(s: Settings,           # settings
     finally:
         if out: out.close()
 
-def wait_http(url: str,                 # page to ask for
-              timeout: float=60.0,      # seconds
-              proc: subprocess.Popen|None=None  # give up early if this process exits
-             ) -> bool:
-    "Poll `url` until it answers 200; False on timeout or when `proc` died."
-    import urllib.request, urllib.error
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None: return False
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200: return True
-        except (urllib.error.URLError, OSError): pass
-        time.sleep(0.2)
-    return False
+
 
 # %% ../nbs/50_dashboard.ipynb #8e21b53c
 def args_dashboard(p # the `dashboard` subcommand's parser

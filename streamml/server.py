@@ -333,7 +333,8 @@ def wait_http(url: str, proc=None, timeout: float=60.0, status: int=200) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise StreamMLError(f'server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}')
+            out = proc.stderr.read().decode()[-2000:] if proc.stderr else '(output in its log file)'
+            raise StreamMLError(f'server exited with {proc.returncode}: {out}')
         try:
             if httpx.get(url, timeout=1.0).status_code == status: return
         except httpx.HTTPError: pass

@@ -3,7 +3,7 @@
 Tests that claim integration use these real parts: the Kafka protocol through kafka-python against Tansu,
 MariaDB on 127.0.0.1:3306 (`scripts/start-mariadb.sh` starts it), SQLite files in a temporary home.
 """
-import os, subprocess, sys, uuid
+import os, subprocess, sys, time, uuid
 from pathlib import Path
 import pytest, sqlalchemy as sa
 from streamml.broker import EmbeddedBroker, free_port, create_topics
@@ -57,6 +57,14 @@ def mariadb_url():
     finally:
         with server.begin() as c: c.exec_driver_sql(f'DROP DATABASE IF EXISTS {name}')
         server.dispose()
+
+def wait_for(cond, timeout=60.0, what='condition', every=0.05):
+    "Poll `cond()` until truthy and return its value; fail after `timeout` seconds (a readiness check, not a sleep)."
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (v := cond()): return v
+        time.sleep(every)
+    raise AssertionError(f'timed out after {timeout} s waiting for {what}')
 
 def streamml(*args, env=None, timeout=120, check=True, **kw):
     "Run the `streamml` command line in a child process; returns the CompletedProcess."

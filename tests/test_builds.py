@@ -6,7 +6,7 @@ slow builds cheap; the real mlp, slr and dtr notebooks each build once end to en
 import json, threading, time, uuid
 from pathlib import Path
 import nbformat, numpy as np, pytest, sqlalchemy as sa
-from conftest import streamml, settings_for
+from conftest import streamml, settings_for, wait_for
 from streamml import registry
 from streamml.builds import (run_build, request_build, BuildWorker, store_generated, rollback_model, bench_build,
                              check_parameters, notebook_path, status_text)
@@ -51,14 +51,6 @@ def run_rows(eng, model=None):
     "run_id -> runs row (as a dict)."
     q = sa.select(runs) if model is None else sa.select(runs).where(runs.c.model == model)
     with eng.connect() as c: return {r['run_id']: dict(r) for r in c.execute(q).mappings()}
-
-def wait_for(cond, timeout=60, what='condition'):
-    "Poll `cond` until true or fail after `timeout` seconds."
-    deadline = time.monotonic() + timeout
-    while not (v := cond()):
-        if time.monotonic() > deadline: raise AssertionError(f'timed out waiting for {what}')
-        time.sleep(0.05)
-    return v
 
 # ---------------------------------------------------------------- failures
 

@@ -11,7 +11,8 @@ import pytest, sqlalchemy as sa
 from conftest import ROOT, settings_for
 from streamml.broker import free_port
 from streamml import db as D
-from streamml.dashboard import start_dashboard, wait_http, example_fill
+from streamml.dashboard import start_dashboard, example_fill
+from streamml.server import wait_http
 
 ARTIFACTS = ROOT/'test-artifacts'
 CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
@@ -106,7 +107,8 @@ def voila(request, tmp_path):
     proc = start_dashboard(s, port, log_path=tmp_path/'voila.log')
     try:
         url = f'http://{s.host}:{port}/'
-        assert wait_http(url, 90, proc), f'voila did not answer; log:\n{(tmp_path/"voila.log").read_text()[-3000:]}'
+        try: wait_http(url, proc, 90)
+        except Exception as e: raise AssertionError(f'voila did not answer ({e}); log:\n{(tmp_path/"voila.log").read_text()[-3000:]}')
         yield s, url, engine
     finally:
         proc.terminate()
@@ -150,7 +152,7 @@ def test_preheated_kernel_outlives_the_idle_timeout_and_idle_kernels_are_culled(
         return out
     try:
         url = f'http://{s.host}:{port}/'
-        assert wait_http(url, 90, proc)
+        wait_http(url, proc, 90)
         # wait (on the clock, the condition under test) until the pooled kernel is older than the idle timeout
         deadline = time.monotonic() + 90
         while not (kernels() and time.time() - min(k.create_time() for k in kernels()) > 12) and time.monotonic() < deadline: time.sleep(0.5)

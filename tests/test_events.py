@@ -6,20 +6,12 @@ test_events_reliability.py.
 import json, os, subprocess, sys, threading, time, urllib.request, uuid
 from pathlib import Path
 import pytest, sqlalchemy as sa
-from conftest import streamml, unique_topics, ROOT
+from conftest import streamml, unique_topics, ROOT, wait_for
 from streamml.broker import create_topics, free_port
 from streamml.config import StopFlag, child_env, make_consumer, make_producer
 from streamml.db import make_engine, training_data, dead_letters, event_counters, runs, consumer_offsets
 from streamml.events import EventsService, stand_in_project, archive_files, replay, Coords
 from streamml.client import send_training, training_event
-
-
-def wait_for(cond, timeout=60, what='condition'):
-    "Poll `cond` until it is true; fail after `timeout` seconds."
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline: raise AssertionError(f'timed out after {timeout} s waiting for {what}')
-        time.sleep(0.02)
 
 
 class Service:

@@ -12,15 +12,7 @@ from streamml.data import drifting
 from streamml.db import make_engine, init_db, live_accuracy
 from streamml.live import make_hooks, rolling_accuracy
 from streamml.messages import TrainingRow, parse_event, CommandEvent
-
-
-def wait_for(cond, timeout=60, what='condition'):
-    "Poll `cond` until it is true; fail after `timeout` seconds."
-    deadline = time.monotonic() + timeout
-    while not (v := cond()):
-        if time.monotonic() > deadline: raise AssertionError(f'timed out after {timeout} s waiting for {what}')
-        time.sleep(0.05)
-    return v
+from conftest import wait_for
 
 
 def promote(s, engine, X, y, seed=0):

@@ -5,6 +5,7 @@ from streamml.config import make_producer, make_consumer, StopFlag
 from streamml.db import make_engine, init_db
 from streamml.registry import save_version, register_version, set_champion, update_message, tree_from_sklearn, linear_arrays
 from streamml.predictions import random_dense, serve_predictions
+from conftest import wait_for
 
 def dense_version(s, seed=0, model='mlp'):
     "A real mlp artifact from hand-made dense arrays (no TensorFlow); each seed gives other weights."
@@ -36,14 +37,6 @@ def promote(s, engine, v, announce=True, action='promote'):
         try: p.send(s.topics.model_update_topic, key=v.model.encode(), value=update_message(v, action)).get(10)
         finally: p.close(5)
     return v
-
-def wait_for(cond, timeout=60.0, what='condition', every=0.05):
-    "Poll `cond()` until truthy or raise after `timeout` seconds."
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (v := cond()): return v
-        time.sleep(every)
-    raise AssertionError(f'timed out after {timeout} s waiting for {what}')
 
 class Service:
     "`serve_predictions` in a thread of this process (a fresh group), stopped on exit."
