@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 export STREAMML_TEST_ROOT="${STREAMML_TEST_ROOT:-$(mktemp -d /tmp/streamml-test.XXXXXX)}"
 export STREAMML_HOME="$STREAMML_TEST_ROOT/home"   # tests never touch var/
 export MPLBACKEND=Agg TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
-bash scripts/start-mariadb.sh
+t0=$SECONDS
+export STREAMML_TEST_MYSQL="$(bash scripts/start-mariadb.sh | tail -n 1)"
+echo "== MariaDB set up in $((SECONDS - t0)) s ($STREAMML_TEST_MYSQL)"
 echo "== notebooks, package and README in step"
 python scripts/check_sync.py
 echo "== notebook tests (nbdev-test --flags 'broker mariadb')"

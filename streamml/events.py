@@ -793,7 +793,7 @@ def bench_ingest(s: Settings,      # settings (an embedded broker is started whe
     ap = argparse.ArgumentParser(prog='streamml bench ingest')
     ap.add_argument('--n', type=int, default=20_000, help='training events')
     ap.add_argument('--rounds', type=int, default=3, help='interleaved rounds; each figure is the median')
-    ap.add_argument('--mysql', default=os.environ.get('STREAMML_TEST_MYSQL', 'mysql+pymysql://root@127.0.0.1:3306'),
+    ap.add_argument('--mysql', default=os.environ.get('STREAMML_TEST_MYSQL', 'mysql+pymysql://streamml:streamml@127.0.0.1:3306'),
                     help="MariaDB server URL (scratch databases are created and dropped); 'none' skips it")
     ap.add_argument('--mirrors', default='batch,row', help='training_data_topic mirror modes to measure')
     ap.add_argument('--max-records', type=int, default=2000, help='records per poll, for every system')

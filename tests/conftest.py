@@ -10,7 +10,7 @@ from streamml.broker import EmbeddedBroker, free_port, create_topics
 from streamml.config import load_settings, child_env, Topics
 
 ROOT = Path(__file__).resolve().parent.parent
-MARIADB_SERVER = os.environ.get('STREAMML_TEST_MYSQL', 'mysql+pymysql://root@127.0.0.1:3306')
+MARIADB_SERVER = os.environ.get('STREAMML_TEST_MYSQL', 'mysql+pymysql://streamml:streamml@127.0.0.1:3306')
 
 @pytest.fixture(scope='session')
 def broker(tmp_path_factory):
