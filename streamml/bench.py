@@ -4,12 +4,12 @@
 
 # %% ../nbs/90_bench.ipynb #b847e15c
 from __future__ import annotations
-import argparse, importlib, json, sys, time
-import numpy as np
+import argparse, importlib, sys
 from .config import Settings
+from .testing import emit
 
 # %% auto #0
-__all__ = ['BENCHES', 'percentiles', 'result', 'Timer', 'emit', 'run_bench', 'args_bench', 'cmd_bench']
+__all__ = ['BENCHES', 'run_bench', 'args_bench', 'cmd_bench']
 
 # %% ../nbs/90_bench.ipynb #a0dfac80
 BENCHES = {  # name -> module holding bench_<name>
@@ -19,28 +19,6 @@ BENCHES = {  # name -> module holding bench_<name>
     'http': 'streamml.server',
     'swap': 'streamml.predictions',
 }
-
-def percentiles(ms: list[float] # latencies in milliseconds
-               ) -> dict:
-    "p50, p95 and p99 of latencies (ms), rounded to 0.01 ms."
-    if not len(ms): return dict(p50_ms=None, p95_ms=None, p99_ms=None)
-    a = np.asarray(ms, dtype=float)
-    return {f'p{q}_ms': round(float(np.percentile(a, q)), 2) for q in (50, 95, 99)}
-
-def result(bench: str, system: str, **figures) -> dict:
-    "One result line: bench, system, then the figures (floats rounded)."
-    return dict(bench=bench, system=system, **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
-
-# %% ../nbs/90_bench.ipynb #9f8aa463
-class Timer:
-    "Wall time of a `with` block, in `seconds`."
-    def __enter__(self): self.t0 = time.perf_counter(); return self
-    def __exit__(self, *exc): self.seconds = time.perf_counter() - self.t0
-
-def emit(line: dict, out=None) -> dict:
-    "Print one JSON line (flushed) and return it."
-    print(json.dumps(line), file=out or sys.stdout, flush=True)
-    return line
 
 # %% ../nbs/90_bench.ipynb #0fa4b573
 def run_bench(name: str,          # a key of BENCHES

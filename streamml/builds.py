@@ -729,7 +729,7 @@ def cmd_prune(args, s: Settings) -> int:
 # %% ../nbs/11_builds.ipynb #9077fbe0
 def bench_build(s: Settings, argv: list[str]) -> list[dict]:
     "`streamml bench build [--model M] [--rows N] [--repeat R] [-p NAME VALUE]`: papermill time and build overhead."
-    from streamml.bench import result
+    from streamml.testing import result
     ap = argparse.ArgumentParser(prog='streamml bench build')
     ap.add_argument('--model', default='mlp'); ap.add_argument('--rows', type=int, default=500)
     ap.add_argument('--repeat', type=int, default=1)

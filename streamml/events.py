@@ -787,7 +787,7 @@ def bench_ingest(s: Settings,      # settings (an embedded broker is started whe
                 ) -> 'Iterator[dict]':
     "Events stored per second by the events service (three champions scoring every row) on SQLite and MariaDB vs a read-only consumer, and with scoring off (medians of interleaved rounds)."
     import argparse, statistics
-    from streamml.bench import result
+    from streamml.testing import result
     from streamml.broker import EmbeddedBroker, free_port, create_topics
     from streamml.data import judges, csv_rows
     ap = argparse.ArgumentParser(prog='streamml bench ingest')

@@ -321,7 +321,7 @@ def baseline_handler(s: Settings, kind: str):
 # %% ../nbs/21_predictions.ipynb #d781f059
 import contextlib, subprocess
 from dataclasses import replace
-from .bench import result, percentiles
+from .testing import result, percentiles
 
 @contextlib.contextmanager
 def bench_env(s: Settings, partitions: int=1):

@@ -17,7 +17,7 @@ from .errors import (StreamMLError, AuthError, ForbiddenError, PayloadTooLarge, 
 from .messages import parse_request, PredictionRequest
 from .champions import Champions
 from .predictions import answer
-from .bench import result
+from .testing import result
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from streamml.config import child_env, make_producer, make_admin
 from streamml.db import make_engine, training_data, consumer_offsets
 from streamml.events import load_offsets
 from streamml.client import training_event
+from streamml.testing import scratch_database, mariadb_up, stop_mariadb, start_mariadb
 
 
 def count_rows(s) -> int:
@@ -67,19 +68,6 @@ def test_kill9_mid_stream_then_restart_exactly_once(request, settings, broker, b
 
 # -- MariaDB outage ----------------------------------------------------------------------------------------------
 
-def mariadb_up() -> bool:
-    return subprocess.run(['mariadb-admin', '--protocol=tcp', '-h127.0.0.1', '-uroot', 'ping'], capture_output=True).returncode == 0
-
-def start_mariadb(timeout=120):
-    "Start the real daemon and wait until it answers (retrying while the stopped one is still exiting)."
-    deadline = time.monotonic() + timeout
-    while not mariadb_up():
-        if time.monotonic() > deadline: raise AssertionError('MariaDB did not come back: run scripts/start-mariadb.sh')
-        subprocess.run(['start-stop-daemon', '--start', '--oknodo', '--background', '--exec', '/usr/sbin/mariadbd',
-                        '--', '--user=mysql'], capture_output=True)   # a no-op while the old process still exits
-        t = time.monotonic() + 3
-        while time.monotonic() < t and not mariadb_up(): time.sleep(0.1)
-
 def kafka_committed(s, group) -> int|None:
     "The group's committed offset of event_topic[0] in Kafka."
     a = make_admin(s)
@@ -91,16 +79,10 @@ def kafka_committed(s, group) -> int|None:
 
 @pytest.fixture
 def outage_db():
-    "A fresh MariaDB database like conftest's `mariadb_url`, whose server engine survives the daemon's restart."
-    from conftest import MARIADB_SERVER
-    name = f'streamml_test_{uuid.uuid4().hex[:12]}'
-    server = sa.create_engine(MARIADB_SERVER, pool_pre_ping=True)
-    with server.begin() as c: c.exec_driver_sql(f'CREATE DATABASE {name} CHARACTER SET utf8mb4')
-    try: yield f'{MARIADB_SERVER}/{name}'
-    finally:
-        start_mariadb()
-        with server.begin() as c: c.exec_driver_sql(f'DROP DATABASE IF EXISTS {name}')
-        server.dispose()
+    "A fresh MariaDB database; the server is started again (if a test stopped it) before it is dropped."
+    with scratch_database() as url:
+        try: yield url
+        finally: start_mariadb()
 
 
 def test_mariadb_stopped_10s_mid_stream(settings, outage_db):
@@ -112,7 +94,7 @@ def test_mariadb_stopped_10s_mid_stream(settings, outage_db):
         feeder.start()
         wait_for(lambda: svc.svc.stats['stored'] >= 500, 60, '500 rows stored')
         try:
-            subprocess.run(['mariadb-admin', '--protocol=tcp', '-h127.0.0.1', '-uroot', 'shutdown'], check=True)
+            stop_mariadb()
             wait_for(lambda: not mariadb_up(), 30, 'MariaDB to stop')
             wait_for(lambda: svc.svc.db_down_since is not None, 30, 'the service to notice the outage')
             stored_before = svc.svc.stats['stored']
