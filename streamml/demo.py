@@ -6,7 +6,8 @@
 from __future__ import annotations
 import argparse, datetime as dt, json, logging, time
 from pathlib import Path
-from .config import Settings, StopFlag, make_producer
+from .procs import StopFlag
+from .config import Settings, make_producer
 from .data import drifting, csv_rows, REGIMES
 from .errors import ConfigError
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, sqlite
-from .config import Settings, Topics, StopFlag, make_consumer, make_producer, consumer_lag, ensure_home
+from .procs import StopFlag
+from .config import Settings, Topics, make_consumer, make_producer, consumer_lag, ensure_home
 from .db import (make_engine, init_db, insert_ignore, increment, minute, utcnow, training_data,
                          consumer_offsets, event_counters, dead_letters, runs)
 from .messages import parse_event, TrainingEvent, CommandEvent, BadEvent, dead_letter_headers
@@ -788,7 +789,8 @@ def bench_ingest(s: Settings,      # settings (an embedded broker is started whe
     "Events stored per second by the events service (three champions scoring every row) on SQLite and MariaDB vs a read-only consumer, and with scoring off (medians of interleaved rounds)."
     import argparse, statistics
     from streamml.testing import result
-    from streamml.broker import EmbeddedBroker, free_port, create_topics
+    from streamml.broker import EmbeddedBroker, create_topics
+    from streamml.procs import free_port
     from streamml.data import judges, csv_rows
     ap = argparse.ArgumentParser(prog='streamml bench ingest')
     ap.add_argument('--n', type=int, default=20_000, help='training events')

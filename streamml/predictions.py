@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse, gc, json, logging, os, sys, tempfile, threading, time, uuid
 from collections import Counter, defaultdict
 import numpy as np
-from .config import Settings, StopFlag, make_consumer, make_producer, consumer_lag
+from .procs import StopFlag
+from .config import Settings, make_consumer, make_producer, consumer_lag
 from .errors import StreamMLError, SchemaError
 from .messages import PredictionRequest, parse_request, make_response, decode_object, dead_letter_headers
 from .champions import Champions
@@ -326,7 +327,8 @@ from .testing import result, percentiles
 @contextlib.contextmanager
 def bench_env(s: Settings, partitions: int=1):
     "A temporary home with a SQLite database and fresh topics, on an own embedded broker unless a cluster is configured."
-    from streamml.broker import EmbeddedBroker, free_port, create_topics
+    from streamml.broker import EmbeddedBroker, create_topics
+    from streamml.procs import free_port
     from streamml.config import load_settings
     from streamml.db import make_engine, init_db
     with tempfile.TemporaryDirectory(prefix='streamml-bench-') as home, contextlib.ExitStack() as stack:

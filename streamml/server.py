@@ -360,7 +360,7 @@ def bench_http(s: Settings, argv: list[str]) -> list[dict]:
     "wrk against POST /predict of `streamml serve`, and of the same server answering a constant; rounds alternate."
     import shutil, psutil
     import numpy as np
-    from streamml.broker import free_port
+    from streamml.procs import free_port
     from streamml.predictions import bench_env, bench_model, stop_process, _bench_args
     a = _bench_args('http', argv, seconds=3, rounds=3, connections=8, threads=2)
     wrk = shutil.which('wrk')

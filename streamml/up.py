@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging, os, signal, socket, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from .config import Settings, StopFlag, child_env, ensure_home, load_settings
+from .config import Settings, child_env, ensure_home, load_settings
+from .procs import StopFlag, terminate, answers
 from .errors import BrokerError, StreamMLError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Component', 'plan', 'demo_settings', 'start_child', 'stop_children', 'answers', 'champion_lines', 'args_up',
-           'cmd_up']
+__all__ = ['log', 'Component', 'plan', 'demo_settings', 'start_child', 'stop_children', 'champion_lines', 'args_up', 'cmd_up']
 
 # %% ../nbs/45_up.ipynb #900533d0
 @dataclass
@@ -65,18 +65,7 @@ def stop_children(comps: list[Component], # started components
                   grace: float=15.0       # seconds before SIGKILL
                  ) -> None:
     "SIGTERM every running child (newest first), then SIGKILL what is left after `grace` seconds."
-    live = [c for c in reversed(comps) if c.proc and c.proc.poll() is None]
-    for c in live: c.proc.terminate()
-    deadline = time.monotonic() + grace
-    for c in live:
-        try: c.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired: c.proc.kill(); c.proc.wait()
-
-def answers(host: str, port: int) -> bool:
-    "True when something accepts TCP connections on `host:port`."
-    try:
-        with socket.create_connection((host, port), timeout=0.5): return True
-    except OSError: return False
+    terminate([c.proc for c in reversed(comps)], grace)
 
 # %% ../nbs/45_up.ipynb #9600ca57
 def champion_lines(engine, seen: dict) -> list[str]:

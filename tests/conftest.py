@@ -7,7 +7,8 @@ temporary home. The helpers themselves live in `streamml.testing`, shared with t
 import os, subprocess, sys
 from pathlib import Path
 import pytest
-from streamml.broker import EmbeddedBroker, free_port, create_topics
+from streamml.broker import EmbeddedBroker, create_topics
+from streamml.procs import free_port
 from streamml.testing import wait_for, unique_topics, settings_for, scratch_database, mariadb_server
 
 ROOT = Path(__file__).resolve().parent.parent

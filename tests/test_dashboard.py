@@ -9,7 +9,7 @@ import base64, json, os, shutil, subprocess, tempfile, time, urllib.request
 from pathlib import Path
 import pytest, sqlalchemy as sa
 from conftest import ROOT, settings_for
-from streamml.broker import free_port
+from streamml.procs import free_port
 from streamml import db as D
 from streamml.dashboard import start_dashboard, example_fill
 from streamml.server import wait_http

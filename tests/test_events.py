@@ -7,8 +7,10 @@ import json, os, subprocess, sys, threading, time, urllib.request, uuid
 from pathlib import Path
 import pytest, sqlalchemy as sa
 from conftest import streamml, unique_topics, ROOT, wait_for
-from streamml.broker import create_topics, free_port
-from streamml.config import StopFlag, child_env, make_consumer, make_producer
+from streamml.broker import create_topics
+from streamml.procs import free_port
+from streamml.config import child_env, make_consumer, make_producer
+from streamml.procs import StopFlag
 from streamml.db import make_engine, training_data, dead_letters, event_counters, runs, consumer_offsets
 from streamml.events import EventsService, stand_in_project, archive_files, replay, Coords
 from streamml.client import send_training, training_event

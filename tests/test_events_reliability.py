@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest, sqlalchemy as sa
 from conftest import settings_for, unique_topics, ROOT
 from test_events import wait_for, Service, rows_of, scalar, archived
-from streamml.broker import EmbeddedBroker, create_topics, free_port
+from streamml.broker import EmbeddedBroker, create_topics
+from streamml.procs import free_port
 from streamml.config import child_env, make_producer, make_admin
 from streamml.db import make_engine, training_data, consumer_offsets
 from streamml.events import load_offsets

@@ -1,7 +1,8 @@
 """Helpers shared by the serving tests (tests/test_serving*.py): real artifacts, promotions, a service thread."""
 import json, threading, time, uuid
 import numpy as np
-from streamml.config import make_producer, make_consumer, StopFlag
+from streamml.config import make_producer, make_consumer
+from streamml.procs import StopFlag
 from streamml.db import make_engine, init_db
 from streamml.registry import save_version, register_version, set_champion, update_message, tree_from_sklearn, linear_arrays
 from streamml.predictions import random_dense, serve_predictions

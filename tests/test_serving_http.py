@@ -5,7 +5,7 @@ import httpx, nbformat
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
-from streamml.broker import free_port
+from streamml.procs import free_port
 from streamml.champions import Champions
 from streamml.db import make_engine, init_db, runs, utcnow
 from streamml.predictions import stop_process

@@ -2,7 +2,8 @@
 mid-load and every request is still answered (duplicates allowed, no gaps)."""
 import os, signal, subprocess, sys, threading, time, uuid
 import httpx
-from streamml.broker import create_topics, free_port
+from streamml.broker import create_topics
+from streamml.procs import free_port
 from streamml.config import child_env, make_producer
 from streamml.db import make_engine, init_db
 from conftest import ROOT, settings_for, unique_topics

@@ -3,7 +3,8 @@ import json, os, re, signal, socket, subprocess, sys, time, uuid
 from pathlib import Path
 import pytest, sqlalchemy as sa
 from kafka import KafkaConsumer
-from streamml.broker import EmbeddedBroker, free_port, port_is_free, create_topics, fetch_cluster_id
+from streamml.broker import EmbeddedBroker, create_topics, fetch_cluster_id
+from streamml.procs import free_port, port_is_free
 from streamml.cli import COMMANDS
 from streamml.config import make_producer, make_consumer, child_env
 from streamml.db import metadata, make_engine, init_db, mysql_ddl
