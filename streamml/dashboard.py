@@ -190,7 +190,7 @@ def html_table(cls: str,            # CSS class (the tests find tables by it)
 # %% ../nbs/50_dashboard.ipynb #ebf42122
 def champion_table(snap: dict, conn=None, window_minutes: int=10) -> str:
     "Champions: version, holdout metric, since when, and rolling live accuracy over `window_minutes`."
-    from streamml.live import rolling_accuracy
+    from streamml.scoring import rolling_accuracy
     rows = []
     for c in snap['champions']:
         ra = rolling_accuracy(conn, c['model'], window_minutes, version=c['version']) if conn is not None else {'n': 0}
@@ -308,7 +308,7 @@ def example_fill(s: Settings,        # settings (home for the artifacts)
     "Fill a database with a small but complete story (versions, champion, live scores, runs, counters, a dead letter)."
     import uuid
     from sklearn.tree import DecisionTreeClassifier
-    from streamml import registry, live
+    from streamml import registry, scoring
     from streamml.data import drifting
     from streamml.messages import TrainingRow
     X, y, starts = drifting([('agree', 400), ('contrary', 400)], seed=seed)
@@ -323,7 +323,7 @@ def example_fill(s: Settings,        # settings (home for the artifacts)
         registry.register_version(c, v2, 'rejected', 'holdout 0.200 < champion 0.45')
         p = registry.load_version(v1)
         for k, i in enumerate(range(0, 800, 200)):
-            live.record(c, live.score_rows({'dtr': p}, rows[i:i + 200]), now - dt.timedelta(minutes=4 - k))
+            scoring.record(c, scoring.score_rows({'dtr': p}, rows[i:i + 200]), now - dt.timedelta(minutes=4 - k))
             D.increment(c, D.event_counters, dict(bucket=now - dt.timedelta(minutes=4 - k), topic='event_topic', kind='training'), dict(n=200))
         for trig, reason in (('command', None), ('drift', 'live accuracy 0.080 over the last 200 rows < holdout accuracy 0.450 - threshold 0.15')):
             rid = str(uuid.uuid4()); runs.append(rid)

@@ -13,80 +13,14 @@ from .config import Settings, MODEL_NAME
 from .db import live_accuracy, increment, minute, utcnow
 from .errors import ConfigError
 from .messages import TrainingRow
+from .scoring import score_rows, record, is_regressor
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'POLICY_FIELDS', 'HISTORY', 'CHANGE_MIN', 'targets', 'is_regressor', 'score_rows', 'record', 'rolling_accuracy',
-           'Policy', 'policy_file', 'load_policy_config', 'policy_for', 'ModelState', 'change_point', 'decide',
-           'command_event', 'LiveHooks', 'reload_policy', 'watched', 'held_back', 'send_command', 'after_commit',
-           'close', 'make_hooks']
-
-# %% ../nbs/22_live.ipynb #faa3fe2d
-def targets(rows: list[TrainingRow] # the batch
-           ) -> tuple[np.ndarray, np.ndarray]:
-    "`(X, values)`: the feature matrix and every column (features then label) of the batch."
-    vals = np.array([(*r.features, r.label) for r in rows], dtype=np.float64)
-    return vals[:, :-1], vals
-
-def is_regressor(p) -> bool:
-    "True for a regression predictor (slr), whose target is column 1."
-    return getattr(p, 'kind', None) == 'linear' or bool(p.version and p.version.manifest.get('task') == 'regression')
-
-def score_rows(predictors: dict,          # model -> serving registry.Predictor
-               rows: list[TrainingRow]    # the batch, before it is stored
-              ) -> dict:
-    "`{model: (version, hits array, sq_err)}`: each predictor's outcome on the batch, one forward pass each."
-    if not rows or not predictors: return {}
-    X, vals = targets(rows)
-    out = {}
-    for model, p in predictors.items():
-        try:
-            y = vals[:, 1] if is_regressor(p) else vals[:, -1]
-            pred = np.asarray(p.predict(X), dtype=np.float64)
-            hit = (np.rint(pred) == y) if is_regressor(p) else (pred == y)
-            out[model] = (p.version.version if p.version else '?', hit, float(((pred - y) ** 2).sum()))
-        except Exception as e:  # a bad predictor must never stop ingestion
-            log.warning('live scoring of %s failed: %s', model, e)
-    return out
-
-# %% ../nbs/22_live.ipynb #970ce9dc
-def record(conn,                          # connection inside the transaction that stores the rows
-           outcomes: dict,                # `score_rows` output
-           bucket: dt.datetime|None=None  # the minute (default: now)
-          ) -> int:
-    "Add each model's counts to its `live_accuracy` row for the minute; return the rows counted."
-    b, total = bucket or minute(), 0
-    for model, (version, hit, sq) in outcomes.items():
-        increment(conn, live_accuracy, dict(model=model, version=version, bucket=b),
-                  dict(n=int(len(hit)), hits=int(hit.sum()), sq_err=float(sq)))
-        total += len(hit)
-    return total
-
-# %% ../nbs/22_live.ipynb #19843c5c
-def rolling_accuracy(conn,                       # SQLAlchemy connection or engine
-                     model: str,                 # model name
-                     window_minutes: int=10,     # minutes back from now, the current minute included
-                     version: str|None='serving',  # 'serving': the champion's version; None: every version
-                     now: dt.datetime|None=None  # the time to look back from (default now, UTC)
-                    ) -> dict:
-    "Live accuracy of `model` over the last minutes: `{model, version, window_minutes, n, hits, accuracy, rmse, since}`."
-    if isinstance(conn, sa.Engine):
-        with conn.connect() as c: return rolling_accuracy(c, model, window_minutes, version, now)
-    if version == 'serving':
-        from streamml.registry import current_champion
-        ch = current_champion(conn, model)
-        version = ch['version'] if ch else None
-    since = minute(now) - dt.timedelta(minutes=max(1, int(window_minutes)) - 1)
-    t = live_accuracy
-    q = sa.select(sa.func.coalesce(sa.func.sum(t.c.n), 0), sa.func.coalesce(sa.func.sum(t.c.hits), 0),
-                  sa.func.coalesce(sa.func.sum(t.c.sq_err), 0.0)).where(t.c.model == model, t.c.bucket >= since)
-    if version: q = q.where(t.c.version == version)
-    n, hits, sq = conn.execute(q).one()
-    n, hits = int(n), int(hits)
-    return dict(model=model, version=version, window_minutes=int(window_minutes), n=n, hits=hits,
-                accuracy=hits / n if n else None, rmse=float(sq / n) ** 0.5 if n else None,
-                since=since.strftime('%Y-%m-%d %H:%M:%S'))
+__all__ = ['log', 'POLICY_FIELDS', 'HISTORY', 'CHANGE_MIN', 'Policy', 'policy_file', 'load_policy_config', 'policy_for',
+           'ModelState', 'change_point', 'decide', 'command_event', 'LiveHooks', 'reload_policy', 'watched',
+           'held_back', 'send_command', 'after_commit', 'close', 'make_hooks']
 
 # %% ../nbs/22_live.ipynb #f031e8c8
 @dataclass(frozen=True)
@@ -317,7 +251,7 @@ def make_hooks(s: Settings,       # settings
                producer           # the events service's producer
               ) -> LiveHooks:
     "The live-scoring hooks of the events service, with their own hot-reloading `Champions` (started)."
-    from streamml.champions import Champions
+    from streamml.scoring import Champions
     ch = Champions(s, engine).start()
     h = LiveHooks(s, engine, producer, ch)
     h._own_champions = True

@@ -11,48 +11,17 @@ from .procs import StopFlag
 from .config import Settings, make_consumer, make_producer, consumer_lag
 from .errors import StreamMLError, SchemaError
 from .messages import PredictionRequest, parse_request, make_response, decode_object, dead_letter_headers
-from .champions import Champions
+from .scoring import Champions, answer
 
 log = logging.getLogger(__name__)
 GROUP = 'streamml-predictions'  # the consumer group every instance joins
 
 # %% auto #0
-__all__ = ['log', 'GROUP', 'RESPONDERS', 'answer', 'undecodable', 'PredictionMetrics', 'Responder', 'batch', 'flush_counters',
+__all__ = ['log', 'GROUP', 'RESPONDERS', 'undecodable', 'PredictionMetrics', 'Responder', 'batch', 'flush_counters',
            'serve_predictions', 'PredictionTimeout', 'PredictClient', 'predict', 'args_predictions', 'cmd_predictions',
            'args_predict', 'cmd_predict', 'baseline_handler', 'bench_env', 'with_topics', 'start_responder',
            'stop_process', 'warm_up', 'measure_throughput', 'measure_latency', 'bench_model', 'random_dense',
            'responders', 'bench_predict', 'bench_swap']
-
-# %% ../nbs/21_predictions.ipynb #39e0d7dd
-def _result(p, v):
-    "A JSON-ready result: the class as int for classifiers, a float for regressors."
-    v = v.item() if hasattr(v, 'item') else v
-    return int(v) if p.version is not None and p.version.task == 'classification' else v
-
-def answer(champions,                      # a `Champions` (or anything with get(model) and error(model))
-           reqs: list[PredictionRequest]   # parsed requests
-          ) -> list[tuple[dict, int]]:
-    "Answer requests: group by model, one vectorised predict per model; `(response, http status)` each, in order."
-    out: list = [None] * len(reqs)
-    groups = defaultdict(list)                      # model -> [(index, values)]
-    served = {}                                     # model -> the predictor this batch uses (one version per batch)
-    for i, r in enumerate(reqs):
-        if r.error: out[i] = (make_response(r), 422); continue
-        p = served.get(r.model) or champions.get(r.model)
-        if p is None:
-            e = champions.error(r.model); out[i] = (make_response(r, error=str(e)), e.status); continue
-        served[r.model] = p
-        try: groups[r.model].append((i, p.check_input(r.features)))
-        except StreamMLError as e: out[i] = (make_response(r, served=p.info(), error=str(e)), e.status)
-    for model, items in groups.items():
-        p = served[model]; info = p.info()
-        try: y = p.predict(np.array([x for _, x in items], dtype=np.float64))
-        except Exception as e:                       # a broken artifact must not leave requests unanswered
-            log.exception('%s/%s predict failed', model, info['version'])
-            for i, _ in items: out[i] = (make_response(reqs[i], served=info, error=f'prediction failed: {e}'), 500)
-            continue
-        for (i, _), v in zip(items, y): out[i] = (make_response(reqs[i], _result(p, v), info), 200)
-    return out
 
 # %% ../nbs/21_predictions.ipynb #b7108414
 def undecodable(req: PredictionRequest, # the parsed request

@@ -15,8 +15,7 @@ from .config import Settings, MODEL_NAME
 from .errors import (StreamMLError, AuthError, ForbiddenError, PayloadTooLarge, ValidationError,
                              UnknownModelError)
 from .messages import parse_request, PredictionRequest
-from .champions import Champions
-from .predictions import answer
+from .scoring import Champions, answer
 from .testing import result
 
 log = logging.getLogger(__name__)
@@ -192,8 +191,7 @@ RUN_ID = re.compile(r'[A-Za-z0-9_-]{1,64}')
 def models_info(s: Settings, eng: sa.Engine, ch: Champions) -> list[dict]:
     "Per model: champion, serving version, versions (status, holdout metric) and live accuracy when available."
     from streamml.db import champions as ct, model_versions as mv
-    try: from streamml.live import rolling_accuracy
-    except ImportError: rolling_accuracy = None
+    from streamml.scoring import rolling_accuracy
     with eng.connect() as c:
         champs = {r['model']: dict(r) for r in c.execute(sa.select(ct)).mappings()}
         vers = c.execute(sa.select(mv.c.model, mv.c.version, mv.c.uuid, mv.c.status, mv.c.metric_name, mv.c.metric,
@@ -202,9 +200,8 @@ def models_info(s: Settings, eng: sa.Engine, ch: Champions) -> list[dict]:
         for m in sorted(set(s.known_models()) | set(champs) | {v['model'] for v in vers}):
             p = ch.get(m)
             live = None
-            if rolling_accuracy is not None:
-                try: live = rolling_accuracy(c, m)
-                except Exception as e: log.debug('live accuracy of %s: %s', m, e)
+            try: live = rolling_accuracy(c, m)
+            except Exception as e: log.debug('live accuracy of %s: %s', m, e)
             out.append(dict(model=m, champion=champs.get(m), serving=p.info() if p else None,
                             why_not_serving=None if p else ch.why(m),
                             holdout_metric=p.info()['accuracy'] if p else None, live=live,

@@ -15,7 +15,7 @@ from conftest import ROOT
 from streamml import registry
 from streamml.config import child_env
 from streamml.db import make_engine, init_db, live_accuracy, champion_history, runs, training_data, minute
-from streamml.live import rolling_accuracy
+from streamml.scoring import rolling_accuracy
 from streamml.messages import parse_numbers
 
 RATE, POST = 40, 4000            # rows/s; rows after the drift (agree -> contrary)

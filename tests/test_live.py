@@ -10,7 +10,8 @@ from streamml import registry
 from streamml.config import make_consumer, make_producer
 from streamml.data import drifting
 from streamml.db import make_engine, init_db, live_accuracy
-from streamml.live import make_hooks, rolling_accuracy
+from streamml.live import make_hooks
+from streamml.scoring import rolling_accuracy
 from streamml.messages import TrainingRow, parse_event, CommandEvent
 from conftest import wait_for
 

@@ -8,8 +8,9 @@ from kafka import KafkaConsumer, TopicPartition
 from streamml.config import child_env, kafka_config
 from streamml.db import make_engine, init_db, event_counters, dead_letters
 from streamml.messages import parse_request
-from streamml.champions import Champions
-from streamml.predictions import answer, predict, PredictionTimeout
+from streamml.scoring import Champions
+from streamml.scoring import answer
+from streamml.predictions import predict, PredictionTimeout
 from conftest import ROOT, streamml
 from test_serving_helpers import dense_version, tree_version, linear_version, promote, wait_for, Service, Responses, send_raw
 import sqlalchemy as sa
@@ -99,7 +100,7 @@ def _try_predict(s):
     except PredictionTimeout: return None
 
 def test_predictor_process_does_not_import_tensorflow():
-    code = ('import sys, streamml.predictions, streamml.server, streamml.champions, streamml.cli\n'
+    code = ('import sys, streamml.predictions, streamml.server, streamml.scoring, streamml.cli\n'
             'from streamml.cli import resolve; resolve("predictions"); resolve("serve")\n'
             'bad = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]\n'
             'assert not bad, bad\n')

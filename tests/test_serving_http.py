@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from streamml.procs import free_port
-from streamml.champions import Champions
+from streamml.scoring import Champions
 from streamml.db import make_engine, init_db, runs, utcnow
 from streamml.predictions import stop_process
 from streamml.server import make_app, start_server, wait_http
