@@ -19,9 +19,8 @@ GROUP = 'streamml-predictions'  # the consumer group every instance joins
 # %% auto #0
 __all__ = ['log', 'GROUP', 'RESPONDERS', 'undecodable', 'PredictionMetrics', 'Responder', 'batch', 'flush_counters',
            'serve_predictions', 'PredictionTimeout', 'PredictClient', 'predict', 'args_predictions', 'cmd_predictions',
-           'args_predict', 'cmd_predict', 'baseline_handler', 'bench_env', 'with_topics', 'start_responder',
-           'stop_process', 'warm_up', 'measure_throughput', 'measure_latency', 'bench_model', 'random_dense',
-           'responders', 'bench_predict', 'bench_swap']
+           'args_predict', 'cmd_predict', 'baseline_handler', 'with_topics', 'start_responder', 'stop_process',
+           'warm_up', 'measure_throughput', 'measure_latency', 'responders', 'bench_predict', 'bench_swap']
 
 # %% ../nbs/21_predictions.ipynb #b7108414
 def undecodable(req: PredictionRequest, # the parsed request
@@ -291,28 +290,7 @@ def baseline_handler(s: Settings, kind: str):
 # %% ../nbs/21_predictions.ipynb #d781f059
 import contextlib, subprocess
 from dataclasses import replace
-from .testing import result, percentiles
-
-@contextlib.contextmanager
-def bench_env(s: Settings, partitions: int=1):
-    "A temporary home with a SQLite database and fresh topics, on an own embedded broker unless a cluster is configured."
-    from streamml.broker import EmbeddedBroker, create_topics
-    from streamml.procs import free_port
-    from streamml.config import load_settings
-    from streamml.db import make_engine, init_db
-    with tempfile.TemporaryDirectory(prefix='streamml-bench-') as home, contextlib.ExitStack() as stack:
-        env = {'STREAMML_HOME': home, 'STREAMML_N_FEATURES': str(s.n_features)}
-        if s.embedded: env.update(STREAMML_BOOTSTRAP_SERVERS=stack.enter_context(EmbeddedBroker(free_port())).bootstrap,
-                                  STREAMML_KAFKA_PROFILE='embedded')
-        else: env.update(STREAMML_BOOTSTRAP_SERVERS=s.bootstrap_servers, STREAMML_KAFKA_PROFILE=s.kafka_profile)
-        b = load_settings(env)
-        sfx = uuid.uuid4().hex[:8]
-        b = b.with_(topics=type(b.topics)(**{k: f'{v}.bench{sfx}' for k, v in vars(b.topics).items()}),
-                    kafka_overrides=s.kafka_overrides)
-        create_topics(b, partitions)
-        engine = make_engine(b); init_db(engine)
-        try: yield b, engine
-        finally: engine.dispose()
+from .testing import result, percentiles, bench_env, bench_model, bench_args
 
 def with_topics(s: Settings, tag: str, partitions: int=1) -> Settings:
     "A copy of `s` with fresh request/response topics named after `tag`, created."
@@ -388,39 +366,7 @@ def measure_latency(c: PredictClient, model: str, payload: str, rate: float, sec
     th.join(); side.join()
     return dict(**percentiles(lat), n=len(seen), failed=failed + n - len(seen), rate=rate, versions=len(versions - {None}), ms=lat)
 
-# %% ../nbs/21_predictions.ipynb #9022234d
-def bench_model(s: Settings, engine, keras_file: bool=True):
-    "Promote a small mlp (3→16→16→11, tanh) as champion; with `keras_file` also save the Keras model beside it (imports TensorFlow)."
-    from streamml.registry import save_version, register_version, set_champion, dense_from_keras
-    rng = np.random.default_rng(0)
-    X = rng.integers(1, 11, size=(256, s.n_features)).astype(float); y = np.round(X.mean(axis=1)).astype(int)
-    if keras_file:
-        os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-        import keras
-        keras.utils.set_random_seed(0)
-        norm = keras.layers.Normalization(); norm.adapt(X)
-        km = keras.Sequential([keras.Input((s.n_features,)), norm, keras.layers.Dense(16, activation='tanh'),
-                               keras.layers.Dense(16, activation='tanh'), keras.layers.Dense(11, activation='softmax')])
-        serving, files = dense_from_keras(km, np.arange(11)), {'model.keras': km.save}
-    else: serving, files = random_dense(s.n_features, rng), {}
-    v = save_version(s, 'mlp', task='classification', serving=serving, metric_name='accuracy',
-                     metrics={'accuracy': 0.5}, holdout=(X[:64], y[:64]), files=files)
-    with engine.begin() as c: register_version(c, v, 'promoted'); set_champion(c, v)
-    return v
-
-def random_dense(n: int, rng, hidden: int=16, classes: int=11) -> dict:
-    "Serving arrays of a random n→hidden→hidden→classes tanh/softmax network (no TensorFlow)."
-    return dict(kind='dense', mean=np.full(n, 5.0), scale=np.full(n, 3.0), W0=rng.normal(size=(n, hidden)),
-                b0=np.zeros(hidden), W1=rng.normal(size=(hidden, hidden)), b1=np.zeros(hidden),
-                W2=rng.normal(size=(hidden, classes)), b2=np.zeros(classes), activations=['tanh', 'tanh', 'softmax'],
-                classes=np.arange(classes))
-
 # %% ../nbs/21_predictions.ipynb #d4b9ede7
-def _bench_args(name, argv, **defaults):
-    p = argparse.ArgumentParser(prog=f'streamml bench {name}')
-    for k, v in defaults.items(): p.add_argument(f'--{k.replace("_", "-")}', type=type(v), default=v)
-    return p.parse_args(argv)
-
 @contextlib.contextmanager
 def responders(b: Settings, kinds) -> dict:
     "Started and warmed-up responders of `kinds`, each on fresh topics: `{kind: PredictClient}`."
@@ -453,7 +399,7 @@ def _throughput(clients: dict, payload: str, n: int, rounds: int) -> dict:
 
 def bench_predict(s: Settings, argv: list[str]) -> list[dict]:
     "Throughput vs naive and echo responders, and latency at a fixed rate vs echo (DESIGN §9)."
-    a = _bench_args('predict', argv, n=30000, naive_n=30, rate=300.0, seconds=6.0, rounds=3)
+    a = bench_args('predict', argv, n=30000, naive_n=30, rate=300.0, seconds=6.0, rounds=3)
     out, payload = [], ','.join(['3'] * s.n_features)
     with bench_env(s) as (b, engine):
         bench_model(b, engine, keras_file=True)
@@ -471,7 +417,7 @@ def bench_predict(s: Settings, argv: list[str]) -> list[dict]:
 
 def bench_swap(s: Settings, argv: list[str]) -> list[dict]:
     "Failed requests and latency during hot swaps under load, against the same load without swaps."
-    a = _bench_args('swap', argv, swaps=10, rate=300.0, interval=0.5)
+    a = bench_args('swap', argv, swaps=10, rate=300.0, interval=0.5)
     payload, secs = ','.join(['3'] * s.n_features), a.swaps * a.interval + 1.0
     with bench_env(s) as (b, engine):
         v0 = bench_model(b, engine, keras_file=False)

@@ -357,9 +357,9 @@ def bench_http(s: Settings, argv: list[str]) -> list[dict]:
     "wrk against POST /predict of `streamml serve`, and of the same server answering a constant; rounds alternate."
     import shutil, psutil
     import numpy as np
-    from streamml.procs import free_port
-    from streamml.predictions import bench_env, bench_model, stop_process, _bench_args
-    a = _bench_args('http', argv, seconds=3, rounds=3, connections=8, threads=2)
+    from streamml.procs import free_port, terminate
+    from streamml.testing import bench_env, bench_model, bench_args
+    a = bench_args('http', argv, seconds=3, rounds=3, connections=8, threads=2)
     wrk = shutil.which('wrk')
     if not wrk: raise StreamMLError('wrk is not installed: apt-get install wrk (or `make system-deps`)')
     runs, procs = {'streamml': [], 'constant': []}, {}
@@ -378,7 +378,7 @@ def bench_http(s: Settings, argv: list[str]) -> list[dict]:
                     runs[system].append(_wrk(wrk, lua, procs[system][0], a))
                     runs[system][-1]['cpu_s'] = sum(ps.cpu_times()[:2]) - c0   # the server's own CPU time
         finally:
-            for _, p in procs.values(): stop_process(p)
+            terminate([p for _, p in procs.values()])
     out = {k: dict(throughput=sum(r['n'] for r in v) / (a.seconds * len(v)), n=sum(r['n'] for r in v),
                    cpu_us_per_request=1e6 * sum(r['cpu_s'] for r in v) / max(sum(r['n'] for r in v), 1),
                    failed=sum(r['failed'] for r in v), p50_ms=float(np.median([r['p50_ms'] for r in v])),

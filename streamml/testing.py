@@ -11,7 +11,8 @@ from .config import Settings, Topics, load_settings
 
 # %% auto #0
 __all__ = ['wait_for', 'unique_topics', 'settings_for', 'mariadb_server', 'scratch_database', 'mariadb_up', 'stop_mariadb',
-           'start_mariadb', 'percentiles', 'result', 'emit', 'Timer']
+           'start_mariadb', 'percentiles', 'result', 'emit', 'Timer', 'bench_env', 'bench_model', 'random_dense',
+           'bench_args']
 
 # %% ../nbs/80_testing.ipynb #b092b288
 def wait_for(cond,                 # a callable; its first truthy value is returned
@@ -113,3 +114,64 @@ class Timer:
     "Wall time of a `with` block, in `seconds`."
     def __enter__(self): self.t0 = time.perf_counter(); return self
     def __exit__(self, *exc): self.seconds = time.perf_counter() - self.t0
+
+# %% ../nbs/80_testing.ipynb #191f29b7
+import argparse, contextlib, tempfile
+
+@contextlib.contextmanager
+def bench_env(s: Settings,        # the caller's settings (broker, client overrides, n_features)
+              partitions: int=1 # partitions of each topic
+             ):
+    "A temporary home with a SQLite database and fresh topics, on an own embedded broker unless a cluster is configured."
+    from streamml.broker import EmbeddedBroker, create_topics
+    from streamml.procs import free_port
+    from streamml.config import load_settings
+    from streamml.db import make_engine, init_db
+    with tempfile.TemporaryDirectory(prefix='streamml-bench-') as home, contextlib.ExitStack() as stack:
+        env = {'STREAMML_HOME': home, 'STREAMML_N_FEATURES': str(s.n_features)}
+        if s.embedded: env.update(STREAMML_BOOTSTRAP_SERVERS=stack.enter_context(EmbeddedBroker(free_port())).bootstrap,
+                                  STREAMML_KAFKA_PROFILE='embedded')
+        else: env.update(STREAMML_BOOTSTRAP_SERVERS=s.bootstrap_servers, STREAMML_KAFKA_PROFILE=s.kafka_profile)
+        b = load_settings(env)
+        sfx = uuid.uuid4().hex[:8]
+        b = b.with_(topics=type(b.topics)(**{k: f'{v}.bench{sfx}' for k, v in vars(b.topics).items()}),
+                    kafka_overrides=s.kafka_overrides)
+        create_topics(b, partitions)
+        engine = make_engine(b); init_db(engine)
+        try: yield b, engine
+        finally: engine.dispose()
+
+def bench_model(s: Settings, engine, keras_file: bool=True):
+    "Promote a small mlp (3→16→16→11, tanh) as champion; with `keras_file` also save the Keras model beside it (imports TensorFlow)."
+    from streamml.registry import save_version, register_version, set_champion, dense_from_keras
+    rng = np.random.default_rng(0)
+    X = rng.integers(1, 11, size=(256, s.n_features)).astype(float); y = np.round(X.mean(axis=1)).astype(int)
+    if keras_file:
+        os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+        import keras
+        keras.utils.set_random_seed(0)
+        norm = keras.layers.Normalization(); norm.adapt(X)
+        km = keras.Sequential([keras.Input((s.n_features,)), norm, keras.layers.Dense(16, activation='tanh'),
+                               keras.layers.Dense(16, activation='tanh'), keras.layers.Dense(11, activation='softmax')])
+        serving, files = dense_from_keras(km, np.arange(11)), {'model.keras': km.save}
+    else: serving, files = random_dense(s.n_features, rng), {}
+    v = save_version(s, 'mlp', task='classification', serving=serving, metric_name='accuracy',
+                     metrics={'accuracy': 0.5}, holdout=(X[:64], y[:64]), files=files)
+    with engine.begin() as c: register_version(c, v, 'promoted'); set_champion(c, v)
+    return v
+
+def random_dense(n: int, rng, hidden: int=16, classes: int=11) -> dict:
+    "Serving arrays of a random n→hidden→hidden→classes tanh/softmax network (no TensorFlow)."
+    return dict(kind='dense', mean=np.full(n, 5.0), scale=np.full(n, 3.0), W0=rng.normal(size=(n, hidden)),
+                b0=np.zeros(hidden), W1=rng.normal(size=(hidden, hidden)), b1=np.zeros(hidden),
+                W2=rng.normal(size=(hidden, classes)), b2=np.zeros(classes), activations=['tanh', 'tanh', 'softmax'],
+                classes=np.arange(classes))
+
+def bench_args(name: str,       # the bench, for --help
+               argv: list[str], # its command line
+               **defaults       # option name -> default (its type is the option's)
+              ):
+    "The options of a bench from its command line, each given with its default."
+    p = argparse.ArgumentParser(prog=f'streamml bench {name}')
+    for k, v in defaults.items(): p.add_argument(f'--{k.replace("_", "-")}', type=type(v), default=v)
+    return p.parse_args(argv)

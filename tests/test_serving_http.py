@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from streamml.procs import free_port
 from streamml.scoring import Champions
 from streamml.db import make_engine, init_db, runs, utcnow
-from streamml.predictions import stop_process
+from streamml.procs import terminate
 from streamml.server import make_app, start_server, wait_http
 from test_serving_helpers import dense_version, tree_version, linear_version, promote, wait_for
 
@@ -66,7 +66,7 @@ def test_real_server(settings, engine):
         assert 'live' in models['mlp'] and models['dtr']['serving'] is None
         assert httpx.get(f'{base}/docs').status_code == 200
         assert '/api/predict/{model}/{csv}' in httpx.get(f'{base}/openapi.json').json()['paths']
-    finally: stop_process(proc)
+    finally: terminate(proc)
 
 def test_routes_with_token(settings, engine):
     s = settings.with_(api_token='s3cret')
