@@ -122,6 +122,13 @@ CREATE TABLE runs (
 );
 CREATE INDEX ix_runs_model_status ON runs (model, status);
 
+CREATE TABLE secrets (
+	name VARCHAR(64) NOT NULL, 
+	value BLOB NOT NULL, 
+	created_at DATETIME(6) NOT NULL, 
+	PRIMARY KEY (name)
+);
+
 CREATE TABLE training_data (
 	id BIGINT NOT NULL AUTO_INCREMENT, 
 	cluster_id VARCHAR(64) NOT NULL, 

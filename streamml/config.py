@@ -81,6 +81,8 @@ class Settings:
     topics: Topics = field(default_factory=Topics)  # topic names
     api_token: str|None = field(default=None, repr=False)  # bearer token for mutating routes
     max_message_bytes: int = 65_536      # largest event or request accepted
+    label_min: int = 0                   # the declared label range of training rows, inclusive
+    label_max: int = 10                  # (STREAMML_LABEL_RANGE, e.g. 0:10)
     host: str = '127.0.0.1'              # where HTTP services listen
     http_port: int = 8000                # `streamml serve`
     dashboard_port: int = 8866           # `streamml dashboard`
@@ -109,6 +111,7 @@ def validate(s: Settings # settings to check
     if not s.home.is_absolute(): raise ConfigError(f'STREAMML_HOME must be absolute after resolution, got {s.home}')
     if s.n_features < 1: raise ConfigError(f'STREAMML_N_FEATURES must be >= 1, got {s.n_features}')
     if s.partitions < 1: raise ConfigError(f'STREAMML_PARTITIONS must be >= 1, got {s.partitions}')
+    if s.label_min >= s.label_max: raise ConfigError(f'STREAMML_LABEL_RANGE must have lo < hi, got {s.label_min}:{s.label_max}')
     if s.kafka_profile not in KAFKA_PROFILES:
         raise ConfigError(f'STREAMML_KAFKA_PROFILE must be one of {list(KAFKA_PROFILES)}, got {s.kafka_profile!r}')
     if not s.db_url or '://' not in s.db_url: raise ConfigError(f'STREAMML_DB_URL is not a URL: {s.db_url!r}')
@@ -122,6 +125,13 @@ def _int(env, name, default):
     "An integer variable, or `ConfigError` naming it."
     try: return int(env.get(name, default))
     except ValueError: raise ConfigError(f'{name} must be an integer, got {env.get(name)!r}') from None
+
+def _label_range(env: dict) -> dict:
+    "`label_min` and `label_max` from `STREAMML_LABEL_RANGE` ('lo:hi', integers), or `ConfigError`."
+    text = env.get('STREAMML_LABEL_RANGE', '0:10')
+    try: lo, hi = (int(x) for x in text.split(':'))
+    except ValueError: raise ConfigError(f'STREAMML_LABEL_RANGE must be lo:hi (integers), got {text!r}') from None
+    return dict(label_min=lo, label_max=hi)
 
 def load_settings(env: dict|None=None, # variables to read (default: os.environ)
                   **overrides           # fields to set directly, e.g. home=Path(...)
@@ -144,6 +154,7 @@ def load_settings(env: dict|None=None, # variables to read (default: os.environ)
               partitions=_int(env, 'STREAMML_PARTITIONS', 1), topics=topics,
               api_token=env.get('STREAMML_API_TOKEN') or None,
               max_message_bytes=_int(env, 'STREAMML_MAX_MESSAGE_BYTES', 65_536),
+              **_label_range(env),
               host=env.get('STREAMML_HOST', '127.0.0.1'), http_port=_int(env, 'STREAMML_HTTP_PORT', 8000),
               dashboard_port=_int(env, 'STREAMML_DASHBOARD_PORT', 8866))
     return validate(Settings(**{**kw, **overrides}))
@@ -195,6 +206,7 @@ def child_env(s: Settings,          # settings to hand on
     env = dict(os.environ if base is None else base)
     env.update(STREAMML_HOME=str(s.home), STREAMML_DB_URL=s.db_url, STREAMML_N_FEATURES=str(s.n_features),
                STREAMML_PROJECT=str(s.project_root), STREAMML_PARTITIONS=str(s.partitions),
+               STREAMML_LABEL_RANGE=f'{s.label_min}:{s.label_max}', STREAMML_MAX_MESSAGE_BYTES=str(s.max_message_bytes),
                STREAMML_KAFKA_PROFILE=s.kafka_profile, STREAMML_BOOTSTRAP_SERVERS=s.bootstrap_servers)
     for f in fields(Topics): env[f'STREAMML_{f.name.upper()}'] = getattr(s.topics, f.name)
     return env

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'BigId', 'UTCTime', 'metadata', 'training_log', 'linear_model', 'training_data', 'consumer_offsets',
            'model_versions', 'champions', 'champion_history', 'runs', 'build_locks', 'live_accuracy', 'event_counters',
-           'dead_letters', 'utcnow', 'make_engine', 'init_db', 'insert_ignore', 'increment', 'minute', 'mysql_ddl',
-           'schema_file', 'args_db', 'cmd_db']
+           'dead_letters', 'secrets', 'utcnow', 'make_engine', 'init_db', 'insert_ignore', 'upsert', 'increment',
+           'minute', 'secret', 'mysql_ddl', 'schema_file', 'args_db', 'cmd_db']
 
 # %% ../nbs/02_db.ipynb #0d766253
 BigId = BigInteger().with_variant(Integer(), 'sqlite')  # 64-bit auto-increment key, portable
@@ -166,6 +166,11 @@ dead_letters = Table('dead_letters', metadata,
     Column('created_at', UTCTime, nullable=False),
     Index('ix_dead_letters_created', 'created_at'))
 
+secrets = Table('secrets', metadata,
+    Column('name', String(64), primary_key=True),                # e.g. replay_key
+    Column('value', LargeBinary, nullable=False),                # random bytes, made once
+    Column('created_at', UTCTime, nullable=False))
+
 # %% ../nbs/02_db.ipynb #e53a2691
 def _sqlite_pragmas(dbapi_conn, _):
     "WAL and a busy timeout on every SQLite connection: builds write while ingestion runs."
@@ -198,13 +203,38 @@ def insert_ignore(conn: sa.Connection, # open connection (inside the caller's tr
                   table: Table,         # target table
                   rows: list[dict]      # rows to insert
                  ) -> int:
-    "Insert rows, skipping those that violate a unique key; return how many were inserted."
+    "Insert rows (all with the same keys) in one DBAPI executemany, skipping those that violate a unique key; return how many were inserted."
     if not rows: return 0
-    name = conn.dialect.name
-    if name == 'sqlite': stmt = sqlite.insert(table).on_conflict_do_nothing()
-    elif name in ('mysql', 'mariadb'): stmt = table.insert().prefix_with('IGNORE')
-    else: raise StoreError(f'insert_ignore: unsupported database {name}')
-    return conn.execute(stmt, rows).rowcount
+    d, cols = conn.dialect, list(rows[0])
+    verb = {'sqlite': 'INSERT OR IGNORE', 'mysql': 'INSERT IGNORE', 'mariadb': 'INSERT IGNORE'}.get(d.name)
+    if verb is None: raise StoreError(f'insert_ignore: unsupported database {d.name}')
+    q, mark = d.identifier_preparer.quote, '?' if d.paramstyle == 'qmark' else '%s'
+    sql = f'{verb} INTO {q(table.name)} ({", ".join(q(c) for c in cols)}) VALUES ({", ".join([mark] * len(cols))})'
+    procs = [(i, p) for i, c in enumerate(cols) if (p := table.c[c].type.dialect_impl(d).bind_processor(d))]
+    params = []
+    for r in rows:
+        vals = [r[c] for c in cols]
+        for i, p in procs:
+            if vals[i] is not None: vals[i] = p(vals[i])
+        params.append(tuple(vals))
+    return conn.exec_driver_sql(sql, params).rowcount
+
+def upsert(conn: sa.Connection, # open connection (inside the caller's transaction)
+           table: Table,         # target table
+           rows: list[dict],     # rows, all with the same keys
+           keys: list[str]       # the primary key columns; the other columns are overwritten
+          ) -> None:
+    "Insert rows, or overwrite the non-key columns of those whose key exists (one statement)."
+    if not rows: return
+    cols = [c for c in rows[0] if c not in keys]
+    if conn.dialect.name == 'sqlite':
+        stmt = sqlite.insert(table)
+        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in cols})
+    elif conn.dialect.name in ('mysql', 'mariadb'):
+        stmt = mysql.insert(table)
+        stmt = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in cols})
+    else: raise StoreError(f'upsert: unsupported database {conn.dialect.name}')
+    conn.execute(stmt, rows)
 
 def increment(conn: sa.Connection, # open connection
               table: Table,         # counter table
@@ -227,6 +257,15 @@ def minute(t: dt.datetime|None=None # a UTC time (default now)
           ) -> dt.datetime:
     "The start of the minute holding `t` (the bucket of counters and live accuracy)."
     return (t or utcnow()).replace(second=0, microsecond=0)
+
+def secret(engine: sa.Engine, # the database every host shares
+           name: str           # which secret, e.g. 'replay_key'
+          ) -> bytes:
+    "The secret `name` (32 random bytes made on first use; the same for every process on this database)."
+    import secrets as rnd
+    with engine.begin() as c:
+        insert_ignore(c, secrets, [dict(name=name, value=rnd.token_bytes(32), created_at=utcnow())])
+        return bytes(c.execute(sa.select(secrets.c.value).where(secrets.c.name == name)).scalar_one())
 
 # %% ../nbs/02_db.ipynb #064eaa0d
 def mysql_ddl() -> str:
