@@ -13,7 +13,7 @@ __all__ = ['BENCHES', 'run_bench', 'args_bench', 'cmd_bench']
 
 # %% ../nbs/90_bench.ipynb #a0dfac80
 BENCHES = {  # name -> module holding bench_<name>
-    'ingest': 'streamml.events',
+    'ingest': 'streamml.bench_ingest',
     'build': 'streamml.builds',
     'predict': 'streamml.predictions',
     'http': 'streamml.server',

@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging, os, stat, subprocess, sys, time, uuid
 from pathlib import Path
 from .config import Settings, make_admin
-from .procs import StopFlag, free_port, port_is_free, die_with_parent, terminate
+from .procs import StopFlag, free_port, port_is_free, die_with_parent, terminate, answers
 from .errors import BrokerError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'broker_binary', 'fetch_cluster_id', 'EmbeddedBroker', 'create_topics', 'cluster_id', 'args_broker',
-           'cmd_broker', 'args_topics', 'cmd_topics']
+__all__ = ['log', 'broker_binary', 'fetch_cluster_id', 'EmbeddedBroker', 'create_topics', 'require_broker', 'cluster_id',
+           'args_broker', 'cmd_broker', 'args_topics', 'cmd_topics']
 
 # %% ../nbs/05_broker.ipynb #591c4ced
 def broker_binary() -> str:
@@ -103,6 +103,17 @@ def create_topics(s: Settings,              # settings (bootstrap servers, topic
             except TopicAlreadyExistsError: res[t] = 'exists'
         return res
     finally: admin.close()
+
+def require_broker(s: Settings,       # settings (bootstrap servers)
+                   timeout: float=2.0   # seconds per server
+                  ) -> None:
+    "Return when a bootstrap server accepts connections; else `BrokerError` saying where it looked and what to do."
+    for hp in s.bootstrap_servers.split(','):
+        host, _, port = hp.strip().rpartition(':')
+        if port.isdigit() and answers(host or '127.0.0.1', int(port), timeout): return
+    how = ('the embedded broker is used because STREAMML_BOOTSTRAP_SERVERS is unset: start it with `streamml broker`, '
+           'or the whole system with `make up`' if s.embedded else 'set by STREAMML_BOOTSTRAP_SERVERS: check that the cluster is up and reachable')
+    raise BrokerError(f'no Kafka broker answers at {s.bootstrap_servers} ({how})')
 
 def cluster_id(s: Settings # settings (bootstrap servers)
               ) -> str:

@@ -4,15 +4,16 @@
 
 # %% ../nbs/15_scoring.ipynb #bb38389a
 from __future__ import annotations
-import datetime as dt, json, logging, threading, time
+import datetime as dt, json, logging, math, threading, time
 from collections import defaultdict
 import numpy as np
 import sqlalchemy as sa
 from .procs import StopFlag
-from .config import Settings, make_consumer
+from .config import Settings
 from .db import live_accuracy, increment, minute, utcnow
-from .errors import StreamMLError, NoChampionError, UnknownModelError
-from .messages import PredictionRequest, TrainingRow, make_response
+from .errors import StreamMLError, NoChampionError, UnknownModelError, BrokerError
+from .messages import Limits, PredictionRequest, TrainingRow, make_response, parse_model_update
+from .runner import Processor, Runner, RunnerOptions
 from . import registry
 from fastcore.basics import patch
 
@@ -106,39 +107,26 @@ def refresh_all(self: Champions) -> list[str]:
     return changed
 
 # %% ../nbs/15_scoring.ipynb #dc7540bb
-def _assign_all(consumer, topic: str, stop: StopFlag) -> None:
-    "Assign every partition of `topic` (no group) and start from the earliest offset."
-    from kafka import TopicPartition
-    while not stop:
-        parts = consumer.partitions_for_topic(topic)
-        if parts: break
-        stop.wait(0.2)
-    else: return
-    consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
-    consumer.seek_to_beginning()
+class _Updates(Processor):
+    "`model_update_topic` records: each names a model whose champion to look up again."
+    def __init__(self, champions: Champions): self.ch, self.lim = champions, Limits.of(champions.s)
+    def process(self, rec) -> str: return parse_model_update(rec.value, rec.key, self.lim)
+    def store(self, items: list) -> None:
+        for it in items:
+            if it.error: log.warning('%s: ignoring a bad update: %s', it, it.error)
+        for m in sorted({it.value for it in items if it.error is None}): self.ch.refresh(m)
 
 @patch
 def _follow(self: Champions) -> None:
-    "Thread body: refresh the models named by each batch of update records."
-    topic, backoff = self.s.topics.model_update_topic, 1.0
+    "Thread body: follow `model_update_topic` (every partition, from the beginning, no group) with the runner."
+    topic = self.s.topics.model_update_topic
+    opts = RunnerOptions('champions', topic, group=None, poll_ms=200, consumer=dict(fetch_max_wait_ms=500))  # updates are rare: wake seldom
     while not self._stop:
-        try:
-            c = make_consumer(self.s, group_id=None, client_id='streamml-champions', fetch_max_wait_ms=500)  # updates are rare: wake seldom
-            try:
-                _assign_all(c, topic, self._stop); backoff = 1.0
-                while not self._stop:
-                    models = set()
-                    for tp, recs in c.poll(timeout_ms=200).items():
-                        for r in recs:
-                            try: models.add(json.loads(r.value)['model'] if r.value else r.key.decode())
-                            except (ValueError, KeyError, TypeError, AttributeError):
-                                log.warning('ignoring bad update %s[%s]@%s', tp.topic, tp.partition, r.offset); continue
-                            log.debug('update %s[%s]@%s for %s', tp.topic, tp.partition, r.offset, models)
-                    for m in sorted(models): self.refresh(m)
-            finally: c.close()
-        except Exception as e:   # broker down: the periodic check still runs; retry with a growing pause
-            log.warning('following %s failed (%s); retrying in %.0f s', topic, e, backoff)
-            self._stop.wait(backoff); backoff = min(backoff * 2, 30.0)
+        try: Runner(self.s, opts, _Updates(self)).run(self._stop)
+        except BrokerError as e:
+            log.error('not following %s: %s (the periodic database check goes on)', topic, e); return
+        except Exception as e:   # the broker went away while connecting: the periodic check still runs
+            log.warning('following %s failed (%s); retrying in 1 s', topic, e); self._stop.wait(1.0)
 
 @patch
 def _check(self: Champions) -> None:
@@ -203,7 +191,10 @@ def answer(champions,                      # a `Champions` (or anything with get
             log.exception('%s/%s predict failed', model, info['version'])
             for i, _ in items: out[i] = (make_response(reqs[i], served=info, error=f'prediction failed: {e}'), 500)
             continue
-        for (i, _), v in zip(items, y): out[i] = (make_response(reqs[i], _result(p, v), info), 200)
+        for (i, _), v in zip(items, y):
+            r = _result(p, v)
+            out[i] = ((make_response(reqs[i], r, info), 200) if not isinstance(r, float) or math.isfinite(r) else
+                      (make_response(reqs[i], served=info, error='the prediction is not a finite number: the input is outside what this model can answer'), 422))
     return out
 
 # %% ../nbs/15_scoring.ipynb #faa3fe2d

@@ -10,9 +10,9 @@ import numpy as np
 from .config import Settings, Topics, load_settings
 
 # %% auto #0
-__all__ = ['wait_for', 'unique_topics', 'settings_for', 'mariadb_server', 'scratch_database', 'mariadb_up', 'stop_mariadb',
-           'start_mariadb', 'percentiles', 'result', 'emit', 'Timer', 'bench_env', 'bench_model', 'random_dense',
-           'bench_args']
+__all__ = ['wait_for', 'unique_topics', 'settings_for', 'stand_in_project', 'mariadb_server', 'scratch_database', 'mariadb_up',
+           'stop_mariadb', 'start_mariadb', 'percentiles', 'result', 'emit', 'Timer', 'bench_env', 'bench_model',
+           'random_dense', 'bench_args']
 
 # %% ../nbs/80_testing.ipynb #b092b288
 def wait_for(cond,                 # a callable; its first truthy value is returned
@@ -48,6 +48,18 @@ def settings_for(home: Path,               # the test's home
     if db_url: e['STREAMML_DB_URL'] = db_url
     s = load_settings(e)
     return s.with_(topics=topics) if topics else s
+
+# %% ../nbs/80_testing.ipynb #1626628b
+def stand_in_project(root: Path,                 # a folder to hold the stand-in project
+                     models=('mlp', 'slr', 'dtr')  # training notebooks to fake
+                    ) -> Path:
+    "A stand-in project root for tests: this checkout's `config/` and empty `nbs/train/<model>.ipynb` files."
+    import shutil
+    from streamml.config import find_project_root
+    (root/'nbs'/'train').mkdir(parents=True, exist_ok=True)
+    for m in models: (root/'nbs'/'train'/f'{m}.ipynb').write_text('{"cells":[],"metadata":{},"nbformat":4,"nbformat_minor":5}')
+    shutil.copytree(find_project_root()/'config', root/'config', dirs_exist_ok=True)
+    return root
 
 # %% ../nbs/80_testing.ipynb #f913a691
 def mariadb_server() -> str:
