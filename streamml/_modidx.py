@@ -209,6 +209,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'streamml.cluster.pom_xml': ('cluster.html#pom_xml', 'streamml/cluster.py'),
                                   'streamml.cluster.port_open': ('cluster.html#port_open', 'streamml/cluster.py'),
                                   'streamml.cluster.sasl_client_config': ('cluster.html#sasl_client_config', 'streamml/cluster.py'),
+                                  'streamml.cluster.scram_credential': ('cluster.html#scram_credential', 'streamml/cluster.py'),
                                   'streamml.cluster.spawn': ('cluster.html#spawn', 'streamml/cluster.py'),
                                   'streamml.cluster.terminate': ('cluster.html#terminate', 'streamml/cluster.py'),
                                   'streamml.cluster.write_client_config': ('cluster.html#write_client_config', 'streamml/cluster.py'),
