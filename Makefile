@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml requirements.lock | $(BIN)/python
 
 install: $(STAMP)  ## create .venv and install the project (idempotent)
 
-system-deps:  ## Debian packages the tests need: MariaDB server, Chromium, wrk
+system-deps:  ## Debian packages the tests need: MariaDB server, Chromium, wrk, Java 17 and Maven (Apache Kafka)
 	@missing=""; \
 	 [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
+	 command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	 command -v mvn >/dev/null || missing="$$missing maven"; \
 	 command -v chromium >/dev/null || missing="$$missing chromium"; \
 	 command -v wrk >/dev/null || missing="$$missing wrk"; \
 	 if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi

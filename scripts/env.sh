@@ -8,6 +8,11 @@
 # JSON file with {"common":{...},"producer":{...},"consumer":{...},"admin":{...}} kafka-python overrides
 # (security, sizes) for a production cluster.
 # export STREAMML_KAFKA_CONFIG=/etc/streamml/kafka.json
+# For SCRAM, the credentials go in that file and nowhere else:
+#   {"common": {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
+#               "sasl_plain_username": "...", "sasl_plain_password": "..."}}
+# Where `streamml broker --engine kafka` (Apache Kafka 4.4 from Maven Central, needs Java 17 and Maven) keeps its jars.
+# export STREAMML_KAFKA_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/streamml/kafka-4.4.0"
 
 # Where events, training CSVs, models and executed run notebooks live (default: var/ in the checkout).
 # Always made absolute and handed on to papermill kernels, Voila and notebook tests.

@@ -8,9 +8,10 @@ export MPLBACKEND=Agg TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 t0=$SECONDS
 export STREAMML_TEST_MYSQL="$(bash scripts/start-mariadb.sh | tail -n 1)"
 echo "== MariaDB set up in $((SECONDS - t0)) s ($STREAMML_TEST_MYSQL)"
+bash scripts/setup-kafka.sh   # Apache Kafka 4.4 jars from Maven Central, cached (tests/test_cluster.py, #| kafka cells)
 echo "== notebooks, package and README in step"
 python scripts/check_sync.py
-echo "== notebook tests (nbdev-test --flags 'broker mariadb')"
-nbdev-test --flags "broker mariadb" --do-print --timing
+echo "== notebook tests (nbdev-test --flags 'broker mariadb kafka')"
+nbdev-test --flags "broker mariadb kafka" --do-print --timing
 echo "== pytest tests/"
 python -m pytest tests/ -q -p no:cacheprovider

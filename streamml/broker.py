@@ -8,13 +8,13 @@ import logging, os, stat, subprocess, sys, time, uuid
 from pathlib import Path
 from .config import Settings, make_admin
 from .procs import StopFlag, free_port, port_is_free, die_with_parent, terminate, answers
-from .errors import BrokerError
+from .errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'broker_binary', 'fetch_cluster_id', 'EmbeddedBroker', 'create_topics', 'require_broker', 'cluster_id',
-           'args_broker', 'cmd_broker', 'args_topics', 'cmd_topics']
+__all__ = ['log', 'broker_binary', 'fetch_cluster_id', 'EmbeddedBroker', 'replication', 'create_topics', 'require_broker',
+           'cluster_id', 'args_broker', 'cmd_broker', 'args_topics', 'cmd_topics']
 
 # %% ../nbs/05_broker.ipynb #591c4ced
 def broker_binary() -> str:
@@ -87,6 +87,12 @@ class EmbeddedBroker:
     def __exit__(self, *exc): self.stop()
 
 # %% ../nbs/05_broker.ipynb #029c5ceb
+def replication(brokers: int # live brokers in the cluster
+               ) -> tuple[int, dict]:
+    "Replication factor and topic configs for a cluster of `brokers`: min(3, brokers), `min.insync.replicas=2` from 3 on."
+    rf = max(1, min(3, brokers))
+    return rf, ({'min.insync.replicas': '2'} if rf >= 3 else {})
+
 def create_topics(s: Settings,              # settings (bootstrap servers, topic names)
                   partitions: int|None=None # partitions per topic (default: settings.partitions)
                  ) -> dict:
@@ -96,10 +102,11 @@ def create_topics(s: Settings,              # settings (bootstrap servers, topic
     n = partitions or s.partitions
     admin = make_admin(s)
     try:
+        rf, configs = replication(len(admin.describe_cluster()['brokers']))
         existing, res = set(admin.list_topics()), {}
         for t in s.topics.all():
             if t in existing: res[t] = 'exists'; continue
-            try: admin.create_topics([NewTopic(t, n, 1)]); res[t] = 'created'
+            try: admin.create_topics([NewTopic(t, n, rf, topic_configs=configs)]); res[t] = 'created'
             except TopicAlreadyExistsError: res[t] = 'exists'
         return res
     finally: admin.close()
@@ -125,11 +132,23 @@ def cluster_id(s: Settings # settings (bootstrap servers)
 # %% ../nbs/05_broker.ipynb #a467afff
 def args_broker(p):
     "Arguments of `streamml broker`."
-    p.add_argument('--port', type=int, default=9092, help='TCP port (default 9092)')
+    p.add_argument('--engine', choices=('tansu', 'kafka'), default='tansu',
+                   help='tansu: the embedded broker (default); kafka: Apache Kafka 4.4 in KRaft mode (needs Java 17 and Maven)')
+    p.add_argument('--port', type=int, default=9092, help='TCP port (default 9092); kafka: node i serves PORT+i-1')
     p.add_argument('--host', default='127.0.0.1', help='interface to listen on (default loopback)')
+    p.add_argument('--nodes', type=int, default=1, help='kafka: combined broker+controller nodes, 1 (default) or 3')
+    p.add_argument('--scram', metavar='USER:PASSWORD', default=None,
+                   help='kafka: add a SASL_PLAINTEXT SCRAM-SHA-512 listener (ports PORT+N...) with this user')
+    p.add_argument('--data', default=None, help='kafka: data folder, kept across restarts (default $STREAMML_HOME/kafka)')
+    p.add_argument('--fetch-only', action='store_true', help='kafka: fetch the jars from Maven Central into the cache and exit')
 
 def cmd_broker(args, s: Settings) -> int:
-    "Run the embedded broker in the foreground until SIGTERM/SIGINT."
+    "Run the embedded broker (or, with `--engine kafka`, an Apache Kafka cluster) in the foreground until SIGTERM/SIGINT."
+    if args.engine == 'kafka':
+        from streamml.cluster import cmd_kafka_broker
+        return cmd_kafka_broker(args, s)
+    if args.nodes != 1 or args.scram or args.data or args.fetch_only:
+        raise ConfigError('--nodes, --scram, --data and --fetch-only need --engine kafka')
     b = EmbeddedBroker(args.port, args.host).start()
     print(f'broker listening on {b.bootstrap} (cluster id {b.cluster_id}); Ctrl-C stops it', flush=True)
     stop = StopFlag().install()
@@ -145,4 +164,8 @@ def args_topics(p):
 def cmd_topics(args, s: Settings) -> int:
     "Create the six topics, idempotently, and say what happened to each."
     for t, what in create_topics(s, args.partitions).items(): print(f'{t}: {what}')
+    admin = make_admin(s)
+    try: rf, configs = replication(len(admin.describe_cluster()['brokers']))
+    finally: admin.close()
+    print(f'new topics get replication factor {rf}' + ''.join(f', {k}={v}' for k, v in configs.items()))
     return 0

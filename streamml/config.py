@@ -46,7 +46,7 @@ KAFKA_PROFILES = MappingProxyType({
         'producer': dict(enable_idempotence=True, acks='all', linger_ms=5, batch_size=256 * 1024,
                          allow_auto_create_topics=False),
         'consumer': dict(auto_offset_reset='earliest', enable_auto_commit=False, allow_auto_create_topics=False,
-                         fetch_max_wait_ms=10, max_poll_records=500),
+                         max_poll_records=500),
         'admin':    dict(),
     },
 })
@@ -75,7 +75,8 @@ class Settings:
     bootstrap_servers: str               # Kafka bootstrap servers
     embedded: bool                       # True when no bootstrap servers were configured (`up` starts the broker)
     kafka_profile: str = 'embedded'      # key of KAFKA_PROFILES
-    kafka_overrides: dict = field(default_factory=dict, hash=False)  # per-section overrides from STREAMML_KAFKA_CONFIG
+    kafka_overrides: dict = field(default_factory=dict, hash=False, repr=False)  # per-section overrides from STREAMML_KAFKA_CONFIG (may hold credentials: never printed)
+    kafka_config_path: str|None = None  # the STREAMML_KAFKA_CONFIG file, handed on to child processes
     n_features: int = 3                  # feature columns before the label
     partitions: int = 1                  # partitions per topic created by `streamml topics`
     topics: Topics = field(default_factory=Topics)  # topic names
@@ -150,7 +151,8 @@ def load_settings(env: dict|None=None, # variables to read (default: os.environ)
               db_url=env.get('STREAMML_DB_URL') or f'sqlite:///{home}/streamml.db',
               bootstrap_servers=servers or '127.0.0.1:9092', embedded=not servers,
               kafka_profile=env.get('STREAMML_KAFKA_PROFILE') or ('kafka' if servers else 'embedded'),
-              kafka_overrides=kafka_overrides, n_features=_int(env, 'STREAMML_N_FEATURES', 3),
+              kafka_overrides=kafka_overrides, kafka_config_path=str(Path(overrides_file).resolve()) if overrides_file else None,
+              n_features=_int(env, 'STREAMML_N_FEATURES', 3),
               partitions=_int(env, 'STREAMML_PARTITIONS', 1), topics=topics,
               api_token=env.get('STREAMML_API_TOKEN') or None,
               max_message_bytes=_int(env, 'STREAMML_MAX_MESSAGE_BYTES', 65_536),
@@ -208,6 +210,7 @@ def child_env(s: Settings,          # settings to hand on
                STREAMML_PROJECT=str(s.project_root), STREAMML_PARTITIONS=str(s.partitions),
                STREAMML_LABEL_RANGE=f'{s.label_min}:{s.label_max}', STREAMML_MAX_MESSAGE_BYTES=str(s.max_message_bytes),
                STREAMML_KAFKA_PROFILE=s.kafka_profile, STREAMML_BOOTSTRAP_SERVERS=s.bootstrap_servers)
+    if s.kafka_config_path: env['STREAMML_KAFKA_CONFIG'] = s.kafka_config_path
     for f in fields(Topics): env[f'STREAMML_{f.name.upper()}'] = getattr(s.topics, f.name)
     return env
 
