@@ -15,9 +15,9 @@ __all__ = ['BENCHES', 'run_bench', 'args_bench', 'cmd_bench']
 BENCHES = {  # name -> module holding bench_<name>
     'ingest': 'streamml.bench_ingest',
     'build': 'streamml.builds',
-    'predict': 'streamml.predictions',
+    'predict': 'streamml.bench_predict',
     'http': 'streamml.server',
-    'swap': 'streamml.predictions',
+    'swap': 'streamml.bench_predict',
 }
 
 # %% ../nbs/90_bench.ipynb #0fa4b573

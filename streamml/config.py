@@ -11,8 +11,9 @@ from types import MappingProxyType
 from .errors import ConfigError
 
 # %% auto #0
-__all__ = ['KAFKA_PROFILES', 'MODEL_NAME', 'Topics', 'find_project_root', 'Settings', 'validate', 'load_settings', 'kafka_config',
-           'make_producer', 'make_consumer', 'make_admin', 'consumer_lag', 'child_env', 'ensure_home', 'log_setup']
+__all__ = ['KAFKA_PROFILES', 'MODEL_NAME', 'Topics', 'find_project_root', 'Settings', 'validate', 'pointer_file', 'running_up',
+           'load_settings', 'kafka_config', 'make_producer', 'make_consumer', 'make_admin', 'consumer_lag', 'child_env',
+           'ensure_home', 'log_setup']
 
 # %% ../nbs/00_config.ipynb #e4ad2e92
 @dataclass(frozen=True)
@@ -134,12 +135,28 @@ def _label_range(env: dict) -> dict:
     except ValueError: raise ConfigError(f'STREAMML_LABEL_RANGE must be lo:hi (integers), got {text!r}') from None
     return dict(label_min=lo, label_max=hi)
 
-def load_settings(env: dict|None=None, # variables to read (default: os.environ)
+def pointer_file(root: Path # the checkout
+                ) -> Path:
+    "Where a running `streamml up` says where it runs (`var/up.json`)."
+    return root/'var'/'up.json'
+
+def running_up(root: Path, # the checkout
+               env: dict   # the process environment
+              ) -> dict:
+    "The home, database and broker of a `streamml up` running from this checkout, as variables, unless `STREAMML_HOME` is set."
+    if env.get('STREAMML_HOME'): return {}
+    try:
+        d = json.loads(pointer_file(root).read_text()); os.kill(int(d['pid']), 0)
+    except (OSError, ValueError, KeyError, TypeError): return {}
+    return {'STREAMML_HOME': d['home'], 'STREAMML_DB_URL': d['db_url'], 'STREAMML_BOOTSTRAP_SERVERS': d['bootstrap_servers'],
+            'STREAMML_KAFKA_PROFILE': d['kafka_profile']}
+
+def load_settings(env: dict|None=None, # variables to read (default: os.environ, and a running `streamml up`'s home)
                   **overrides           # fields to set directly, e.g. home=Path(...)
                  ) -> Settings:
     "Build the validated `Settings` from defaults, `STREAMML_*` variables and `overrides`."
-    env = dict(os.environ if env is None else env)
     root = find_project_root()
+    env = {**running_up(root, os.environ), **os.environ} if env is None else dict(env)
     home = Path(overrides.pop('home', None) or env.get('STREAMML_HOME') or root/'var').expanduser()
     home = (root/home if not home.is_absolute() else home).resolve()
     servers = env.get('STREAMML_BOOTSTRAP_SERVERS', '').strip()

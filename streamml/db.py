@@ -195,7 +195,9 @@ def init_db(engine: sa.Engine # where to create the tables
            ) -> list[str]:
     "Create missing tables (idempotent); return the names of the tables that now exist."
     try: metadata.create_all(engine, checkfirst=True)
-    except sa.exc.OperationalError as e: raise StoreError(f'cannot create tables at {engine.url!r}: {e.orig}') from e
+    except sa.exc.OperationalError as e:
+        raise StoreError(f'the database at {engine.url.render_as_string(hide_password=True)} does not answer or refuses to create tables: '
+                         f'{str(e.orig).splitlines()[0][:200]}. Start it, or point STREAMML_DB_URL at one that runs') from None
     return sorted(sa.inspect(engine).get_table_names())
 
 # %% ../nbs/02_db.ipynb #4f7c6eb4

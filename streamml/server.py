@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Gauge, gene
 from .config import Settings, MODEL_NAME
 from .errors import (StreamMLError, AuthError, ForbiddenError, PayloadTooLarge, ValidationError,
                              UnknownModelError)
-from .messages import parse_request, PredictionRequest
+from .messages import Limits, parse_request, PredictionRequest
 from .scoring import Champions, answer
 from .testing import result
 
@@ -85,18 +85,18 @@ def error_response(e: StreamMLError) -> JSONResponse:
     return JSONResponse({'error': str(e)}, e.status, headers=headers)
 
 # %% ../nbs/30_server.ipynb #3fc861a9
-def requests_from(obj, # decoded JSON body
-                  max_bytes: int
+def requests_from(obj,        # decoded JSON body
+                  lim: Limits  # bounds
                  ) -> tuple[list[PredictionRequest], bool]:
     "Parsed requests from a body, and whether the body asked for many (an array, or `rows`)."
-    if isinstance(obj, list): return [parse_request(o if isinstance(o, dict) else {'model': None}, max_bytes) for o in obj], True
+    if isinstance(obj, list): return [parse_request(o if isinstance(o, dict) else {'model': None}, lim) for o in obj], True
     if not isinstance(obj, dict): raise ValidationError(f'body must be a JSON object or array, not {type(obj).__name__}')
     if 'rows' in obj:
         rows = obj['rows']
         if not isinstance(rows, list): raise ValidationError('"rows" must be an array of CSV strings or arrays of numbers')
-        return [parse_request({'model': obj.get('model'), 'payload': r, 'id': f'{obj.get("id", "")}{i}' if 'id' in obj else None}, max_bytes)
+        return [parse_request({'model': obj.get('model'), 'payload': r, 'id': f'{obj.get("id", "")}{i}' if 'id' in obj else None}, lim)
                 for i, r in enumerate(rows)], True
-    return [parse_request(obj, max_bytes)], False
+    return [parse_request(obj, lim)], False
 
 PREDICT_BODY = {'requestBody': {'required': True, 'content': {'application/json': {'schema': {'oneOf': [
     {'type': 'object', 'required': ['model', 'payload'], 'properties': {
@@ -174,7 +174,7 @@ def add_prediction_routes(app: FastAPI, s: Settings, ch: Champions, constant: bo
         if constant: return JSONResponse(CONSTANT)
         try: obj = json.loads(body)
         except ValueError as e: raise ValidationError(f'body is not JSON: {e}') from None
-        reqs, many = requests_from(obj, s.max_message_bytes)
+        reqs, many = requests_from(obj, Limits.of(s))
         if many: return JSONResponse([r for r, _ in answer(ch, reqs)])
         resp, status = await one(reqs[0])
         return JSONResponse(resp, status)
@@ -182,7 +182,7 @@ def add_prediction_routes(app: FastAPI, s: Settings, ch: Champions, constant: bo
     @app.get('/api/predict/{model}/{csv}', summary='Predict one row (the 2018 route)')
     async def predict_2018(model: str, csv: str):
         "The 2018 system's prediction route: `input, result, accuracy, modelid, prediction-date` (+ id, model, version)."
-        resp, status = await one(parse_request({'model': model, 'payload': csv}, s.max_message_bytes))
+        resp, status = await one(parse_request({'model': model, 'payload': csv}, Limits.of(s)))
         return JSONResponse(resp, status)
 
 # %% ../nbs/30_server.ipynb #b77430e4

@@ -12,7 +12,7 @@ from streamml.procs import free_port
 from streamml.config import child_env, make_producer, make_admin
 from streamml.db import make_engine, training_data, consumer_offsets
 from streamml.events import load_offsets
-from streamml.client import training_event
+from streamml.messages import training_event
 from streamml.testing import scratch_database, mariadb_up, stop_mariadb, start_mariadb
 
 
@@ -93,24 +93,24 @@ def test_mariadb_stopped_10s_mid_stream(settings, outage_db):
     feeder = threading.Thread(target=produce, args=(s, payloads, (200, 0.1)), daemon=True)   # ~3 s of stream... and more
     with Service(s, group=group, max_records=100, scoring=False) as svc:
         feeder.start()
-        wait_for(lambda: svc.svc.stats['stored'] >= 500, 60, '500 rows stored')
+        wait_for(lambda: svc.stored >= 500, 60, '500 rows stored')
         try:
             stop_mariadb()
             wait_for(lambda: not mariadb_up(), 30, 'MariaDB to stop')
-            wait_for(lambda: svc.svc.db_down_since is not None, 30, 'the service to notice the outage')
-            stored_before = svc.svc.stats['stored']
+            wait_for(lambda: svc.r.down_since is not None, 30, 'the service to notice the outage')
+            stored_before = svc.stored
             committed = kafka_committed(s, group)
             t_end = time.monotonic() + 10                      # the outage lasts 10 s
             while time.monotonic() < t_end:
                 assert svc.th.is_alive()
                 assert kafka_committed(s, group) == committed  # nothing committed while nothing can be stored
                 time.sleep(0.5)
-            assert svc.svc.stats['stored'] == stored_before
-            assert svc.svc.consumer.paused()                   # paused, still polling (group liveness)
+            assert svc.stored == stored_before
+            assert svc.r.consumer.paused()                   # paused, still polling (group liveness)
         finally: start_mariadb()
         feeder.join(60)
-        wait_for(lambda: svc.svc.stats['events'] >= n and count_rows(s) >= n, 90, 'every event stored after the outage')
-        assert svc.th.is_alive() and svc.svc.stats['db_errors'] >= 1
+        wait_for(lambda: svc.events >= n and count_rows(s) >= n, 90, 'every event stored after the outage')
+        assert svc.th.is_alive() and svc.r.stats['failed_batches'] >= 1
     rows = rows_of(s, ('source_offset', 'payload'))
     assert [o for o, _ in rows] == list(range(n))              # nothing lost, nothing twice
     assert committed is not None and committed <= rows[-1][0] + 1

@@ -2,7 +2,7 @@
 and that swaps fail nothing)."""
 import shutil
 import pytest
-from streamml.predictions import bench_predict, bench_swap
+from streamml.bench_predict import bench_predict, bench_swap
 from streamml.server import bench_http
 
 def test_bench_swap(settings):

@@ -4,8 +4,10 @@ import numpy as np
 from streamml.config import make_producer, make_consumer
 from streamml.procs import StopFlag
 from streamml.db import make_engine, init_db
-from streamml.registry import save_version, register_version, set_champion, update_message, tree_from_sklearn, linear_arrays
-from streamml.predictions import random_dense, serve_predictions
+from streamml.registry import save_version, register_version, set_champion, tree_from_sklearn, linear_arrays
+from streamml.messages import model_update
+from streamml.predictions import predictions_runner
+from streamml.testing import random_dense
 from conftest import wait_for
 
 def dense_version(s, seed=0, model='mlp'):
@@ -35,15 +37,16 @@ def promote(s, engine, v, announce=True, action='promote'):
     with engine.begin() as c: register_version(c, v, 'promoted'); set_champion(c, v, action)
     if announce:
         p = make_producer(s)
-        try: p.send(s.topics.model_update_topic, key=v.model.encode(), value=update_message(v, action)).get(10)
+        try: p.send(s.topics.model_update_topic, key=v.model.encode(), value=model_update(v.model, v.version, v.uuid, action, v.metric)).get(10)
         finally: p.close(5)
     return v
 
 class Service:
-    "`serve_predictions` in a thread of this process (a fresh group), stopped on exit."
+    "The predictions service (`predictions_runner`) in a thread of this process (a fresh group), stopped on exit."
     def __init__(self, s, group=None, **kw):
         self.s, self.group, self.stop, self.kw = s, group or f'test-{uuid.uuid4().hex[:8]}', StopFlag(), kw
-        self.t = threading.Thread(target=serve_predictions, args=(s, self.stop, self.group), kwargs=kw, daemon=True)
+        self.r = predictions_runner(s, self.group, **kw)
+        self.t = threading.Thread(target=self.r.run, args=(self.stop,), daemon=True)
     def __enter__(self): self.t.start(); return self
     def __exit__(self, *exc): self.stop.set(); self.t.join(30); assert not self.t.is_alive()
 
