@@ -93,7 +93,7 @@ def feed(s: Settings,                  # settings (topics, home)
         ) -> int:
     "Send the stream's training events to `event_topic` at `rate` rows/s; return the rows sent."
     if rate <= 0: raise ConfigError(f'--rate must be > 0, got {rate}')
-    stop, own = stop or StopFlag(), producer is None
+    stop, own = StopFlag() if stop is None else stop, producer is None   # (not `stop or ...`: an unset flag is falsy)
     producer, topic, sent, last = producer or make_producer(s), s.topics.event_topic, 0, None
     t0 = time.monotonic()
     try:

@@ -120,7 +120,7 @@ class _Updates(Processor):
 def _follow(self: Champions) -> None:
     "Thread body: follow `model_update_topic` (every partition, from the beginning, no group) with the runner."
     topic = self.s.topics.model_update_topic
-    opts = RunnerOptions('champions', topic, group=None, poll_ms=200, consumer=dict(fetch_max_wait_ms=500))  # updates are rare: wake seldom
+    opts = RunnerOptions('champions', topic, group=None, poll_ms=200, consumer=dict(fetch_max_wait_ms=200))  # updates are rare: a fetch 5 times a second
     while not self._stop:
         try: Runner(self.s, opts, _Updates(self)).run(self._stop)
         except BrokerError as e:
@@ -153,10 +153,11 @@ def start(self: Champions,
     return self
 
 @patch
-def stop(self: Champions, timeout: float=5.0) -> None:
-    "Stop the background threads."
+def stop(self: Champions, timeout: float=1.0) -> None:
+    "Stop the background threads, waiting at most `timeout` seconds in all (they are daemons: a slow one cannot hold the process)."
     self._stop.set()
-    for t in self._threads: t.join(timeout)
+    deadline = time.monotonic() + timeout
+    for t in self._threads: t.join(max(0.0, deadline - time.monotonic()))
 
 @patch
 def __enter__(self: Champions): return self if self._threads else self.start()
