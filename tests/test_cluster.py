@@ -10,7 +10,8 @@ import psutil, pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaTimeoutError
 from streamml.broker import create_topics
-from streamml.cluster import KafkaCluster, check_login, client_env, cluster_settings, describe, fetch_jars, free_ports, live_brokers
+from streamml.cluster import KafkaCluster, check_login, client_env, cluster_settings, describe, free_ports, live_brokers
+from streamml.jvm import fetch_jars
 from streamml.config import kafka_config, make_admin, make_consumer, make_producer
 from streamml.connect import ConnectStandalone
 from streamml.errors import KafkaAuthError
