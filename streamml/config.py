@@ -37,7 +37,7 @@ KAFKA_PROFILES = MappingProxyType({
                          reconnect_backoff_max_ms=1_000, retry_backoff_ms=100),
         'producer': dict(enable_idempotence=False, acks=1, linger_ms=5, batch_size=256 * 1024,
                          allow_auto_create_topics=False, max_block_ms=10_000),
-        'consumer': dict(session_timeout_ms=6_000, heartbeat_interval_ms=2_000, auto_offset_reset='earliest',
+        'consumer': dict(session_timeout_ms=2_000, heartbeat_interval_ms=500, auto_offset_reset='earliest',
                          enable_auto_commit=False, allow_auto_create_topics=False, fetch_max_wait_ms=10,
                          max_poll_records=500, max_poll_interval_ms=300_000),
         'admin':    dict(),
