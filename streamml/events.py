@@ -22,8 +22,8 @@ from .procs import StopFlag, answers
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'EventsOptions', 'ms_to_utc', 'source_of', 'Parsed', 'EventsProcessor', 'load_offsets', 'EventsMetrics',
-           'events_runner', 'args_events', 'cmd_events']
+__all__ = ['log', 'EventsOptions', 'ms_to_utc', 'source_of', 'Parsed', 'KnownModels', 'EventsProcessor', 'load_offsets',
+           'EventsMetrics', 'events_runner', 'args_events', 'cmd_events']
 
 # %% ../nbs/21_events.ipynb #599ea546
 @dataclass(frozen=True)
@@ -64,24 +64,33 @@ class Parsed:
     src: Coords
     ts: int|None
     event: TrainingEvent|CommandEvent
+    csv: str|None = None    # a training row's canonical CSV, made once (CSV file, mirror, `training_data.payload`)
+
+class KnownModels:
+    "The models with a training notebook, read again when `nbs/train/` changed; looked at only by command events."
+    def __init__(self, s: Settings): self.s, self.key, self.names = s, None, frozenset()
+    def _now(self) -> frozenset:
+        if (key := os.stat(self.s.train_dir).st_mtime_ns) != self.key: self.names, self.key = frozenset(self.s.known_models()), key
+        return self.names
+    def __contains__(self, model) -> bool: return model in self._now()
+    def __iter__(self): return iter(self._now())
+    def __len__(self) -> int: return len(self._now())
 
 class EventsProcessor(Processor):
     "What `event_topic` records mean to streamml and how a batch of them is stored."
     def __init__(self, s: Settings, opts: EventsOptions, parts: dict):
         self.s, self.o, self.lim = s, opts, Limits.of(s)
         self.__dict__.update(parts)      # cluster, key, engine, producer, archive, csv, topics, champions, retrainer, request_build
-        self.known, self.known_key = set(), None
+        self.known = KnownModels(s)      # a notebook added counts at once, without a stat per training event
         self.written, self.outcomes, self.ignored = {}, {}, Counter()
 
     def process(self, rec) -> Parsed:
         "Parse and validate one event; a bad one raises (a dead letter)."
-        if (key := os.stat(self.s.train_dir).st_mtime_ns) != self.known_key:   # a notebook added counts at once
-            self.known, self.known_key = set(self.s.known_models()), key
         src, ts, why = source_of(rec, self.cluster, self.key)
         if why: self._ignored(rec, why)
         ev = parse_event(rec.value, self.lim, self.known)
         if isinstance(ev, BadEvent): raise ValidationError(ev.error)
-        return Parsed(src, ts, ev)
+        return Parsed(src, ts, ev, ev.row.csv() if isinstance(ev, TrainingEvent) else None)
 
     def _ignored(self, rec, why: str) -> None:
         "Log ignored replay headers (the first few per partition, then every 1000th)."
@@ -114,7 +123,7 @@ def _side_outputs(self: EventsProcessor, items: list[Item]) -> None:
     "Archive, training CSV, `training_data_topic` and dead letters of the fresh items; durable before the transaction."
     fresh = self._fresh(items)
     if not fresh: return
-    rows = [it.value.event.row.csv() for it in fresh if it.error is None and isinstance(it.value.event, TrainingEvent)]
+    rows = [it.value.csv for it in fresh if it.error is None and it.value.csv is not None]
     futs = [self._dead_letter(it) for it in fresh if it.error is not None]
     if rows and self.o.mirror == 'batch': futs.append(self.producer.send(self.mirror_topic, '\n'.join(rows).encode()))
     elif rows and self.o.mirror == 'row': futs += [self.producer.send(self.mirror_topic, r.encode()) for r in rows]
@@ -172,7 +181,7 @@ def _record(self: EventsProcessor, conn, items: list[Item], new: list[Item]) -> 
     now = utcnow()
     insert_ignore(conn, training_data, [dict(cluster_id=it.value.src.cluster_id, source_topic=it.value.src.topic,
                                              source_partition=it.value.src.partition, source_offset=it.value.src.offset,
-                                             payload=it.value.event.row.csv(), event_time=ms_to_utc(it.value.ts), stored_at=now) for it in new])
+                                             payload=it.value.csv, event_time=ms_to_utc(it.value.ts), stored_at=now) for it in new])
     bad = [it for it in items if it.error is not None]
     if bad: conn.execute(dead_letters.insert(), [dict(cluster_id=self.cluster, source_topic=it.rec.topic, source_partition=it.rec.partition,
                                                       source_offset=it.rec.offset, error=it.error.encode('utf-8', 'backslashreplace').decode(),
