@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'BigId', 'UTCTime', 'metadata', 'training_log', 'linear_model', 'training_data', 'consumer_offsets',
            'model_versions', 'champions', 'champion_history', 'runs', 'build_locks', 'live_accuracy', 'event_counters',
-           'dead_letters', 'secrets', 'utcnow', 'make_engine', 'init_db', 'insert_ignore', 'upsert', 'increment',
-           'minute', 'secret', 'mysql_ddl', 'schema_file', 'args_db', 'cmd_db']
+           'dead_letters', 'secrets', 'utcnow', 'make_engine', 'init_db', 'insert_rows', 'insert_ignore', 'upsert',
+           'increment', 'minute', 'secret', 'mysql_ddl', 'schema_file', 'args_db', 'cmd_db']
 
 # %% ../nbs/02_db.ipynb #0d766253
 BigId = BigInteger().with_variant(Integer(), 'sqlite')  # 64-bit auto-increment key, portable
@@ -201,25 +201,50 @@ def init_db(engine: sa.Engine # where to create the tables
     return sorted(sa.inspect(engine).get_table_names())
 
 # %% ../nbs/02_db.ipynb #4f7c6eb4
+def _column_values(conn: sa.Connection, table: Table, cols: list[str], rows: list[tuple], literal: bool) -> list[list]:
+    "Each column's values as the driver takes them (bind processors; MySQL: escaped literals), each distinct value converted once."
+    d, out = conn.dialect, []
+    esc = conn.connection.dbapi_connection.escape if literal else None
+    for i, c in enumerate(cols):
+        p, memo = table.c[c].type.dialect_impl(d).bind_processor(d), {}
+        def conv(v, p=p):
+            v = p(v) if p is not None and v is not None else v
+            return esc(v) if esc else v
+        vals = [r[i] for r in rows]
+        if p is None and not esc: out.append(vals); continue
+        out.append([memo[v] if v in memo else memo.setdefault(v, conv(v)) for v in vals])   # a batch shares times, ids, topics
+    return out
+
+def insert_rows(conn: sa.Connection, # open connection (inside the caller's transaction)
+                table: Table,         # target table
+                cols: list[str],      # column names
+                rows: list[tuple]     # values in `cols` order
+               ) -> int:
+    "Insert-or-ignore rows given as tuples: MySQL one multi-row `INSERT IGNORE` per MiB, SQLite one executemany; how many were inserted."
+    if not rows: return 0
+    d = conn.dialect
+    mysql_like = d.name in ('mysql', 'mariadb')
+    if d.name != 'sqlite' and not mysql_like: raise StoreError(f'insert_rows: unsupported database {d.name}')
+    q = d.identifier_preparer.quote
+    head = f'{"INSERT IGNORE" if mysql_like else "INSERT OR IGNORE"} INTO {q(table.name)} ({", ".join(q(c) for c in cols)}) VALUES '
+    vals = list(zip(*_column_values(conn, table, cols, rows, literal=mysql_like)))
+    if not mysql_like: return conn.exec_driver_sql(head + f'({", ".join("?" * len(cols))})', vals).rowcount
+    cur, n, chunk, size = conn.connection.dbapi_connection.cursor(), 0, [], 0
+    for v in vals:                                   # literals escaped above: sent as they are, no formatting
+        chunk.append(f'({",".join(v)})'); size += len(chunk[-1])
+        if size > 2**20: n += cur.execute(head + ','.join(chunk)); chunk, size = [], 0
+    if chunk: n += cur.execute(head + ','.join(chunk))
+    cur.close()
+    return n
+
 def insert_ignore(conn: sa.Connection, # open connection (inside the caller's transaction)
                   table: Table,         # target table
-                  rows: list[dict]      # rows to insert
+                  rows: list[dict]      # rows to insert, all with the same keys
                  ) -> int:
-    "Insert rows (all with the same keys) in one DBAPI executemany, skipping those that violate a unique key; return how many were inserted."
+    "Insert rows, skipping those that violate a unique key (see `insert_rows`); return how many were inserted."
     if not rows: return 0
-    d, cols = conn.dialect, list(rows[0])
-    verb = {'sqlite': 'INSERT OR IGNORE', 'mysql': 'INSERT IGNORE', 'mariadb': 'INSERT IGNORE'}.get(d.name)
-    if verb is None: raise StoreError(f'insert_ignore: unsupported database {d.name}')
-    q, mark = d.identifier_preparer.quote, '?' if d.paramstyle == 'qmark' else '%s'
-    sql = f'{verb} INTO {q(table.name)} ({", ".join(q(c) for c in cols)}) VALUES ({", ".join([mark] * len(cols))})'
-    procs = [(i, p) for i, c in enumerate(cols) if (p := table.c[c].type.dialect_impl(d).bind_processor(d))]
-    params = []
-    for r in rows:
-        vals = [r[c] for c in cols]
-        for i, p in procs:
-            if vals[i] is not None: vals[i] = p(vals[i])
-        params.append(tuple(vals))
-    return conn.exec_driver_sql(sql, params).rowcount
+    cols = list(rows[0])
+    return insert_rows(conn, table, cols, [tuple(r[c] for c in cols) for r in rows])
 
 def upsert(conn: sa.Connection, # open connection (inside the caller's transaction)
            table: Table,         # target table
