@@ -11,10 +11,10 @@ from .config import Settings, MODEL_NAME
 from .errors import StreamMLError, ValidationError, SchemaError, PayloadTooLarge, UnknownCommandError
 
 # %% auto #0
-__all__ = ['FLOAT32_MAX', 'Event', 'TRIGGER', 'PARAMETER', 'Limits', 'json_depth', 'decode_object', 'parse_numbers', 'fmt_number',
-           'TrainingRow', 'parse_row', 'TrainingEvent', 'CommandEvent', 'BadEvent', 'parse_command', 'parse_event',
-           'PredictionRequest', 'parse_request', 'utc_stamp', 'finite_or_none', 'make_response', 'encode',
-           'training_event', 'command_event', 'prediction_request', 'model_update', 'parse_model_update']
+__all__ = ['FLOAT32_MAX', 'PLAIN', 'Event', 'TRIGGER', 'PARAMETER', 'Limits', 'json_depth', 'decode_object', 'parse_numbers',
+           'fmt_number', 'TrainingRow', 'parse_row', 'TrainingEvent', 'CommandEvent', 'BadEvent', 'parse_command',
+           'parse_event', 'PredictionRequest', 'parse_request', 'utc_stamp', 'finite_or_none', 'make_response',
+           'encode', 'training_event', 'command_event', 'prediction_request', 'model_update', 'parse_model_update']
 
 # %% ../nbs/01_messages.ipynb #3296c1a3
 FLOAT32_MAX = 3.4028234663852886e38   # the largest finite float32: the served dtype's range
@@ -89,7 +89,11 @@ def parse_numbers(payload: str,    # CSV text, e.g. "3,4,5"
     if columns is not None and n != columns:
         raise SchemaError(f'expected {columns} columns ({columns - 1} features and a label), got {n}')
     if n > lim.max_columns: raise SchemaError(f'payload has {n} values, more than the {lim.max_columns} allowed')
-    return tuple(_number(tok, i, lim) for i, tok in enumerate(payload.split(','), 1))
+    toks = payload.split(',')
+    try: vals = tuple(map(float, toks))
+    except ValueError: vals = None
+    if vals is not None and sum(map(abs, vals)) <= lim.max_abs: return vals   # all finite and in range (NaN fails this too)
+    return tuple(_number(tok, i, lim) for i, tok in enumerate(toks, 1))       # the column-by-column check names the bad one
 
 def fmt_number(v: float # a finite number
               ) -> str:
@@ -97,15 +101,18 @@ def fmt_number(v: float # a finite number
     return str(int(v)) if float(v).is_integer() and abs(v) < 2**53 else repr(float(v))
 
 # %% ../nbs/01_messages.ipynb #f7baecad
+PLAIN = re.compile(r'(?:(?:0|-?[1-9][0-9]{0,14}),)*(?:0|-?[1-9][0-9]{0,14})')   # integers written canonically already
+
 @dataclass(frozen=True)
 class TrainingRow:
     "One validated training example: feature values and the label."
     features: tuple[float, ...]  # the N feature columns, in order
     label: float                 # the last column
+    text: str|None = field(default=None, compare=False, repr=False)  # the payload, when it is canonical already
 
     def csv(self) -> str:
         "The canonical CSV stored in `training_data.payload` and sent to `training_data_topic`."
-        return ','.join(fmt_number(v) for v in (*self.features, self.label))
+        return self.text if self.text is not None else ','.join(fmt_number(v) for v in (*self.features, self.label))
 
 def parse_row(payload: str,        # CSV text, e.g. "3,4,5,6"
               lim: Limits=Limits() # bounds: feature count, range, label range
@@ -115,7 +122,7 @@ def parse_row(payload: str,        # CSV text, e.g. "3,4,5,6"
     label, (lo, hi) = vals[-1], lim.labels
     if not label.is_integer(): raise SchemaError(f'label must be an integer, got {fmt_number(label)}')
     if not lo <= label <= hi: raise SchemaError(f'label {fmt_number(label)} is outside the declared label range {lo}..{hi}')
-    return TrainingRow(vals[:-1], label)
+    return TrainingRow(vals[:-1], label, payload if PLAIN.fullmatch(payload) else None)
 
 # %% ../nbs/01_messages.ipynb #084033bc
 @dataclass(frozen=True)
