@@ -4,8 +4,9 @@
 
 # %% ../nbs/09_runner.ipynb #59c751eb
 from __future__ import annotations
-import json, logging, os, time
+import json, logging, os, threading, time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class Journal:
         self.folder, self.max_attempts = Path(folder), max_attempts
         self.folder.mkdir(parents=True, exist_ok=True)
         self.state, self.begun = {}, set()
+        self.stored, self.lock = {}, threading.Lock()   # tp -> last offset stored by this process (overlap)
 
     def _path(self, tp) -> Path: return self.folder/f'{tp.topic}-{tp.partition}.json'
 
@@ -76,9 +78,15 @@ class Journal:
 
 # %% ../nbs/09_runner.ipynb #516a55cf
 @patch
-def plan(self: Journal, tp, first: int, last: int) -> tuple[str, int]:
+def plan(self: Journal, tp, first: int, last: int,
+         since: int|None=None) -> tuple[str, int]:   # overlap: first offset of the batch still being stored
     "`('batch', n)`: handle n records from `first`; `('quarantine', deaths)`: `first` stopped the process that often."
+    with self.lock: return self._plan(tp, first, last, since)
+
+@patch
+def _plan(self: Journal, tp, first: int, last: int, since: int|None) -> tuple[str, int]:
     st = self._load(tp)
+    if since is not None and since <= self.stored.get(tp, -1) < first: since = None   # that batch is stored already
     inflight, sus = st.get('inflight'), st.get('suspect')
     if inflight and inflight[0] == first and (tp, first) not in self.begun:   # the last process died with these in flight
         deaths = sus[2] + 1 if sus and sus[0] <= first <= sus[1] else 1
@@ -91,14 +99,35 @@ def plan(self: Journal, tp, first: int, last: int) -> tuple[str, int]:
         self._save(tp, st | dict(inflight=None, suspect=None)); self.state[tp] = {}
         return 'quarantine', sus[2]
     n = 1 if sus else last - first + 1
-    self.state[tp] = st = dict(inflight=[first, first + n - 1], suspect=sus)
+    self.state[tp] = st = dict(inflight=[first if since is None else since, first + n - 1], suspect=sus)
     self._save(tp, st)
     return 'batch', n
 
 @patch
+def done(self: Journal, tp, first: int, last: int) -> None:
+    "Offsets `first`..`last` of `tp` are stored; a batch planned after them is then in flight alone."
+    with self.lock:
+        self.stored[tp] = last
+        inflight = self._load(tp).get('inflight')
+        if inflight and inflight[0] <= first and inflight[1] > last:   # overlap: the next batch was planned meanwhile
+            self.state[tp] = st = self.state[tp] | dict(inflight=[last + 1, inflight[1]])
+            self._save(tp, st)
+
+@patch
+def calm(self: Journal, tp, first: int) -> bool:
+    "False when the batch from `first` must be handled alone: the last process died with it in flight, or a death is traced."
+    with self.lock:
+        st = self._load(tp)
+        inflight, sus = st.get('inflight'), st.get('suspect')
+        died = inflight and inflight[0] == first and (tp, first) not in self.begun
+        return not died and not (sus and first <= sus[1])
+
+@patch
 def clear(self: Journal, tp) -> None:
     "Nothing of `tp` is in flight any more (a clean stop, or the partition moved away)."
-    if self._load(tp).get('inflight'): self._save(tp, {}); self.state[tp] = {}
+    with self.lock:
+        self.stored.pop(tp, None)
+        if self._load(tp).get('inflight'): self._save(tp, {}); self.state[tp] = {}
 
 # %% ../nbs/09_runner.ipynb #b3c0067f
 @dataclass(frozen=True)
@@ -111,6 +140,7 @@ class RunnerOptions:
     max_records: int = 500       # records per poll, i.e. per batch
     max_attempts: int = 2        # deaths a record may cause before it is quarantined
     probe_s: float = 1.0         # while an outage lasts, probe this often
+    overlap: bool = False        # store batch N in a thread while N+1 is polled and processed (see the contract)
     consumer: dict = field(default_factory=dict, hash=False)  # more kafka-python consumer settings
 
 class Outage(StreamMLError):
@@ -127,6 +157,7 @@ class Runner:
         proc.runner = self                   # the processor may read the runner's figures (stats, lag)
         self.stats, self.down_since, self.pending, self.lag, self._lag_at = Counter(), None, set(), {}, 0.0
         self.first_at = self.last_at = None   # monotonic times of the first record and the last commit (benchmarks)
+        self.flight, self.deferred, self.pool = None, [], None   # overlap: (items, future) being stored; stored, not committed yet
         # without a group nothing is committed and every start reads from the beginning: no journal
         self.journal = Journal(s.path('journal', f'{opts.name}-{opts.group}'), opts.max_attempts) if opts.group else None
 
@@ -157,6 +188,7 @@ def _assign_all(self: Runner, stop: StopFlag) -> bool:
 @patch
 def _assigned(self: Runner, tps) -> None:
     "Rebalance: seek new partitions to the processor's positions; while the infrastructure is down, pause them."
+    if self.flight: self._land(commit=False)     # the positions must include the batch being stored
     try: pos = self.proc.positions(tps)
     except Exception as e:
         self.pending |= set(tps); self.consumer.pause(*tps); self._down(e); return
@@ -174,7 +206,8 @@ def _seek(self: Runner, pos: dict) -> None:
 
 @patch
 def _revoked(self: Runner, tps) -> None:
-    "Rebalance: forget partitions that moved away (every batch was committed before this poll)."
+    "Rebalance: forget partitions that moved away (every batch was stored before this poll)."
+    if self.flight: self._land(commit=False)     # stored before another instance reads these partitions
     for tp in tps: self.pending.discard(tp); self.journal.clear(tp)   # (revokes happen in group mode only)
 
 # %% ../nbs/09_runner.ipynb #bd514a13
@@ -234,10 +267,10 @@ def _store(self: Runner, items: list[Item], retried: bool=False) -> None:
 @patch
 def _plan(self: Runner, polled: dict) -> list[Item]:
     "The batch to handle now: per partition, what the journal allows (quarantined records already rejected)."
-    items = []
+    items, since = [], {tp: o for tp, (o, _) in _spans(self.flight[0]).items()} if self.flight else {}
     for tp, recs in polled.items():
         if tp in self.pending or not recs: continue
-        how, n = self.journal.plan(tp, recs[0].offset, recs[-1].offset) if self.journal else ('batch', len(recs))
+        how, n = self.journal.plan(tp, recs[0].offset, recs[-1].offset, since.get(tp)) if self.journal else ('batch', len(recs))
         if how == 'quarantine':
             items.append(Item(recs[0], error=f'stopped the service {n} times: quarantined')); n = 1
             log.error('%s[%s]@%s: stopped the service %d times: quarantined', tp.topic, tp.partition, recs[0].offset, n)
@@ -263,40 +296,81 @@ def _commit(self: Runner, items: list[Item]) -> None:
     try: self.consumer.commit({tp: OffsetAndMetadata(o, '', -1) for tp, o in nxt.items()})
     except Exception as e: log.warning('%s: commit of %s failed (%s): they may be handled again', self.o.name, nxt, e)
 
+def _spans(items: list[Item]) -> dict:
+    "`{TopicPartition: (first offset, last offset)}` of a batch."
+    from kafka import TopicPartition
+    span = {}
+    for it in items:
+        tp = TopicPartition(it.rec.topic, it.rec.partition)
+        span[tp] = (span[tp][0] if tp in span else it.rec.offset, it.rec.offset)
+    return span
+
 @patch
 def _seek_back(self: Runner, items: list[Item]) -> None:
     "Seek each partition of a batch that was not stored back to its first record."
-    from kafka import TopicPartition
-    first = {}
-    for it in items: first.setdefault(TopicPartition(it.rec.topic, it.rec.partition), it.rec.offset)
-    for tp, o in first.items(): self.consumer.seek(tp, o)
+    for tp, (o, _) in _spans(items).items(): self.consumer.seek(tp, o)
 
 @patch
 def handle(self: Runner, polled: dict) -> int:
-    "One poll's batch: plan, process, store (bisecting data errors), commit; returns the records handled."
+    "One poll's batch: plan, process, store (bisecting data errors), commit; returns the records committed."
+    if self.deferred: self._commit(self.deferred); self.deferred = []
+    if self.flight and not self._calm(polled): self._land()      # a death is traced: this batch goes alone
     items = self._plan(polled)
-    if not items: return 0
+    n = self._land(later=items) if self.flight else 0            # overlap: batch N settles after N+1 is processed
+    if not items or self.down_since is not None: return n
     self.first_at = self.first_at or time.monotonic()
+    if not self.o.overlap: return self._settle(items, self._stored(items))
+    self.pool = self.pool or ThreadPoolExecutor(1, thread_name_prefix=f'{self.o.name}-store')
+    self.flight = (items, self.pool.submit(self._stored, items))
+    return n
+
+@patch
+def _calm(self: Runner, polled: dict) -> bool:
+    "True when no partition of `polled` is having a death traced (its batch may overlap the one being stored)."
+    return self.journal is None or all(self.journal.calm(tp, recs[0].offset) for tp, recs in polled.items() if recs)
+
+# %% ../nbs/09_runner.ipynb #43a562aa
+@patch
+def _stored(self: Runner, items: list[Item]) -> Outage|None:
+    "Store a batch (bisecting data errors) and tell the journal; the outage that stopped it, or None."
     try: self._store(items)
-    except Outage as e:
-        self._seek_back(items); self.stats['failed_batches'] += 1; self._down(e); return 0
-    self._commit(items)
+    except Outage as e: return e
+    if self.journal:
+        for tp, (first, last) in _spans(items).items(): self.journal.done(tp, first, last)
+    return None
+
+@patch
+def _settle(self: Runner, items: list[Item], err: Outage|None, later: list[Item]=(), commit: bool=True) -> int:
+    "After a store: commit the batch (or defer the commit), or, on an outage, seek it and `later` back and pause."
+    if err is not None:
+        self._seek_back([*items, *later]); self.stats['failed_batches'] += 1; self._down(err); return 0
+    if commit: self._commit(items)
+    else: self.deferred += items                 # inside a rebalance hook: committed after the poll
     self.stats.update(records=len(items), batches=1, rejected=sum(it.error is not None for it in items))
     self.last_at = time.monotonic()
     if self.last_at - self._lag_at > 1.0: self.lag, self._lag_at = consumer_lag(self.consumer), self.last_at
     self.proc.committed(items)
     return len(items)
 
+@patch
+def _land(self: Runner, later: list[Item]=(), commit: bool=True) -> int:
+    "Wait for the batch being stored in the worker thread and settle it."
+    items, fut = self.flight
+    self.flight = None
+    return self._settle(items, fut.result(), later, commit)
+
 # %% ../nbs/09_runner.ipynb #fd45e56f
 @patch
 def poll_once(self: Runner, stop: StopFlag|None=None) -> int:
     "One poll and its batch (or, during an outage, a liveness poll and maybe a probe)."
     from kafka.errors import AuthorizationError, SaslAuthenticationFailedError, UnsupportedSaslMechanismError
-    try: polled = self.consumer.poll(timeout_ms=self.o.poll_ms)
+    flying = self.flight is not None
+    try: polled = self.consumer.poll(timeout_ms=10 if flying else self.o.poll_ms)   # while a batch is stored: look often
     except (SaslAuthenticationFailedError, UnsupportedSaslMechanismError, AuthorizationError) as e:
         raise BrokerError(f'the broker at {self.s.bootstrap_servers} refused {self.o.name}: {e}. Check the credentials '
                           f'in STREAMML_KAFKA_CONFIG (sasl_plain_username/sasl_plain_password) and the ACLs') from None
     if self.down_since is not None: self._try_recover(); return 0
+    if self.flight and not any(polled.values()) and not self.flight[1].done(): return 0   # nothing new yet: poll again
     return self.handle(polled)
 
 @patch
@@ -312,7 +386,12 @@ def run(self: Runner, stop: StopFlag) -> int:
 
 @patch
 def close(self: Runner) -> None:
-    "Forget what was in flight (it was committed), close the consumer and the processor."
+    "Settle the batch being stored; forget what was in flight (it was committed); close the consumer and the processor."
+    try:
+        if self.flight: self._land()
+        if self.deferred: self._commit(self.deferred)
+    except Exception as e: log.error('%s: the last batch: %s', self.o.name, e)
+    if self.pool: self.pool.shutdown()
     if self.journal:
         for tp in self.consumer.assignment(): self.journal.clear(tp)
     for what, fn in (('consumer', lambda: self.consumer.close(autocommit=False, timeout_ms=500)), ('processor', self.proc.close)):
