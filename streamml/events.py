@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from fastcore.basics import patch
 from .config import Settings, make_producer, ensure_home
-from .db import (make_engine, init_db, insert_ignore, upsert, increment, minute, utcnow, secret, training_data,
+from .db import (make_engine, init_db, insert_rows, upsert, increment, minute, utcnow, secret, training_data,
                          consumer_offsets, event_counters, dead_letters)
 from .errors import BrokerError, ConfigError, ValidationError, StreamMLError
 from .messages import Limits, parse_event, TrainingEvent, CommandEvent, BadEvent
@@ -22,8 +22,8 @@ from .procs import StopFlag, answers
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'EventsOptions', 'ms_to_utc', 'source_of', 'Parsed', 'KnownModels', 'EventsProcessor', 'load_offsets',
-           'EventsMetrics', 'events_runner', 'args_events', 'cmd_events']
+__all__ = ['log', 'ROW_COLUMNS', 'EventsOptions', 'ms_to_utc', 'source_of', 'Parsed', 'KnownModels', 'EventsProcessor',
+           'load_offsets', 'EventsMetrics', 'events_runner', 'args_events', 'cmd_events']
 
 # %% ../nbs/21_events.ipynb #599ea546
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ class EventsOptions:
     metrics_port: int|None = None    # serve Prometheus metrics on this port
     max_records: int = 2000          # records per poll, i.e. per transaction
     poll_ms: int = 200               # longest wait for a batch
+    overlap: bool = True             # store batch N (one transaction with its offsets) while N+1 is polled and parsed
 
     def __post_init__(self):
         if self.mirror not in ('batch', 'row', 'off'): raise ConfigError(f'mirror must be batch, row or off, got {self.mirror!r}')
@@ -175,13 +176,14 @@ def _commands(self: EventsProcessor, conn, items: list[Item]) -> list[Item]:
             it.error = f'refused by the builder: {e}'; refused.append(it)
     return refused
 
+ROW_COLUMNS = ['cluster_id', 'source_topic', 'source_partition', 'source_offset', 'payload', 'event_time', 'stored_at']
+
 @patch
 def _record(self: EventsProcessor, conn, items: list[Item], new: list[Item]) -> None:
     "Rows, dead letters, counters and offsets of the batch, in the caller's transaction."
     now = utcnow()
-    insert_ignore(conn, training_data, [dict(cluster_id=it.value.src.cluster_id, source_topic=it.value.src.topic,
-                                             source_partition=it.value.src.partition, source_offset=it.value.src.offset,
-                                             payload=it.value.csv, event_time=ms_to_utc(it.value.ts), stored_at=now) for it in new])
+    insert_rows(conn, training_data, ROW_COLUMNS, [(c.cluster_id, c.topic, c.partition, c.offset, it.value.csv, ms_to_utc(it.value.ts), now)
+                                                   for it in new for c in (it.value.src,)])
     bad = [it for it in items if it.error is not None]
     if bad: conn.execute(dead_letters.insert(), [dict(cluster_id=self.cluster, source_topic=it.rec.topic, source_partition=it.rec.partition,
                                                       source_offset=it.rec.offset, error=it.error.encode('utf-8', 'backslashreplace').decode(),
@@ -309,7 +311,7 @@ def events_runner(s: Settings,                         # settings
     log.info('events: %s as group %s (cluster %s); archive %s; database %s; builds %s; scoring %s; mirror %s',
              proc.topic, o.group, proc.cluster, proc.archive.folder, proc.engine.url.render_as_string(hide_password=True),
              'on' if proc.worker else 'off', 'on' if proc.champions else 'off', o.mirror)
-    return Runner(s, RunnerOptions('events', proc.topic, o.group, o.poll_ms, o.max_records), proc)
+    return Runner(s, RunnerOptions('events', proc.topic, o.group, o.poll_ms, o.max_records, overlap=o.overlap), proc)
 
 # %% ../nbs/21_events.ipynb #c31b4f68
 def args_events(p):
