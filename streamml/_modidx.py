@@ -512,6 +512,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'streamml.records.Coords.__str__': ('records.html#coords.__str__', 'streamml/records.py'),
                                   'streamml.records._bytes': ('records.html#_bytes', 'streamml/records.py'),
                                   'streamml.records._digest': ('records.html#_digest', 'streamml/records.py'),
+                                  'streamml.records._head': ('records.html#_head', 'streamml/records.py'),
                                   'streamml.records._int': ('records.html#_int', 'streamml/records.py'),
                                   'streamml.records._text_or_b64': ('records.html#_text_or_b64', 'streamml/records.py'),
                                   'streamml.records.archive_line': ('records.html#archive_line', 'streamml/records.py'),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_records.ipynb #8acef82d
 from __future__ import annotations
-import base64, hashlib, hmac, re
+import base64, functools, hashlib, hmac, re
 from dataclasses import dataclass
 import orjson
 from .errors import ValidationError
@@ -121,12 +121,23 @@ def _text_or_b64(b: bytes|None, name: str) -> dict:
     try: return {name: b.decode('utf-8')}
     except UnicodeDecodeError: return {f'{name}_b64': base64.b64encode(b).decode()}
 
+@functools.lru_cache(maxsize=64)
+def _head(topic: str, cluster: str) -> tuple[bytes, bytes]:
+    "The JSON around a line's partition: what a batch's lines share."
+    return b'{"topic":' + encode(topic) + b',"partition":', b',"cluster_id":' + encode(cluster)
+
 def archive_line(rec,                  # a ConsumerRecord (topic, partition, offset, timestamp, key, value)
                  cluster: str,         # cluster id it was read from
                  src: Coords|None=None,# its replay source, when it was replayed
                  error: str|None=None  # why it is a dead letter, if it is
                 ) -> bytes:
     "The archive's JSON line for a record (no newline)."
+    if rec.key is None and src is None and error is None and type(rec.value) is bytes and type(rec.timestamp) is int:
+        try: value = encode(rec.value.decode('utf-8'))   # the common line, without a dict: the same bytes
+        except UnicodeDecodeError: value = None
+        if value is not None:
+            a, b = _head(rec.topic, cluster)
+            return b'%s%d,"offset":%d,"timestamp":%d%s,"value":%s}' % (a, rec.partition, rec.offset, rec.timestamp, b, value)
     d = dict(topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp=rec.timestamp, cluster_id=cluster)
     if rec.key is not None: d.update(_text_or_b64(rec.key, 'key'))
     d.update(_text_or_b64(rec.value, 'value'))
