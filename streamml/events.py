@@ -54,6 +54,7 @@ def source_of(rec,          # a ConsumerRecord
              ) -> tuple[Coords, int|None, str|None]:
     "`(source coordinates, event time in ms, why replay headers were ignored)`: signed replay coordinates, else the record's own."
     own = Coords(cluster, rec.topic, rec.partition, rec.offset)
+    if not rec.headers: return own, rec.timestamp, None        # most records: no headers to check
     try: r = replayed_from(rec.headers, rec.value, key)
     except ValidationError as e: return own, rec.timestamp, str(e)
     return (r[0], r[1] if r[1] is not None else rec.timestamp, None) if r else (own, rec.timestamp, None)
