@@ -36,7 +36,7 @@ class EventsOptions:
     metrics_port: int|None = None    # serve Prometheus metrics on this port
     max_records: int = 2000          # records per poll, i.e. per transaction
     poll_ms: int = 200               # longest wait for a batch
-    overlap: bool = True             # store batch N (one transaction with its offsets) while N+1 is polled and parsed
+    overlap: bool = False            # store batch N (one transaction with its offsets) while N+1 is polled and parsed
 
     def __post_init__(self):
         if self.mirror not in ('batch', 'row', 'off'): raise ConfigError(f'mirror must be batch, row or off, got {self.mirror!r}')
