@@ -301,9 +301,10 @@ def _spans(items: list[Item]) -> dict:
     from kafka import TopicPartition
     span = {}
     for it in items:
-        tp = TopicPartition(it.rec.topic, it.rec.partition)
-        span[tp] = (span[tp][0] if tp in span else it.rec.offset, it.rec.offset)
-    return span
+        r = it.rec
+        if (s := span.get((r.topic, r.partition))) is None: span[(r.topic, r.partition)] = [r.offset, r.offset]
+        else: s[1] = r.offset
+    return {TopicPartition(*k): tuple(v) for k, v in span.items()}
 
 @patch
 def _seek_back(self: Runner, items: list[Item]) -> None:
