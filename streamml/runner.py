@@ -110,8 +110,7 @@ def done(self: Journal, tp, first: int, last: int) -> None:
         self.stored[tp] = last
         inflight = self._load(tp).get('inflight')
         if inflight and inflight[0] <= first and inflight[1] > last:   # overlap: the next batch was planned meanwhile
-            self.state[tp] = st = self.state[tp] | dict(inflight=[last + 1, inflight[1]])
-            self._save(tp, st)
+            self.state[tp] = st = self.state[tp] | dict(inflight=[last + 1, inflight[1]]); self._save(tp, st)
 
 @patch
 def calm(self: Journal, tp, first: int) -> bool:
@@ -300,8 +299,7 @@ def _spans(items: list[Item]) -> dict:
     "`{TopicPartition: (first offset, last offset)}` of a batch."
     from kafka import TopicPartition
     span = {}
-    for it in items:
-        r = it.rec
+    for r in (it.rec for it in items):
         if (s := span.get((r.topic, r.partition))) is None: span[(r.topic, r.partition)] = [r.offset, r.offset]
         else: s[1] = r.offset
     return {TopicPartition(*k): tuple(v) for k, v in span.items()}
@@ -336,8 +334,7 @@ def _stored(self: Runner, items: list[Item]) -> Outage|None:
     "Store a batch (bisecting data errors) and tell the journal; the outage that stopped it, or None."
     try: self._store(items)
     except Outage as e: return e
-    if self.journal:
-        for tp, (first, last) in _spans(items).items(): self.journal.done(tp, first, last)
+    for tp, (first, last) in (_spans(items) if self.journal else {}).items(): self.journal.done(tp, first, last)
     return None
 
 @patch
@@ -356,8 +353,7 @@ def _settle(self: Runner, items: list[Item], err: Outage|None, later: list[Item]
 @patch
 def _land(self: Runner, later: list[Item]=(), commit: bool=True) -> int:
     "Wait for the batch being stored in the worker thread and settle it."
-    items, fut = self.flight
-    self.flight = None
+    (items, fut), self.flight = self.flight, None
     return self._settle(items, fut.result(), later, commit)
 
 # %% ../nbs/09_runner.ipynb #fd45e56f
