@@ -18,6 +18,7 @@ BENCHES = {  # name -> module holding bench_<name>
     'predict': 'streamml.bench_predict',
     'http': 'streamml.server',
     'swap': 'streamml.bench_predict',
+    'hostile': 'streamml.bench_hostile',
 }
 
 # %% ../nbs/90_bench.ipynb #0fa4b573
