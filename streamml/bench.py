@@ -14,7 +14,7 @@ __all__ = ['BENCHES', 'run_bench', 'args_bench', 'cmd_bench']
 # %% ../nbs/90_bench.ipynb #a0dfac80
 BENCHES = {  # name -> module holding bench_<name>
     'ingest': 'streamml.events',
-    'build': 'streamml.builds',
+    'build': 'streamml.bench_build',
     'predict': 'streamml.predictions',
     'http': 'streamml.server',
     'swap': 'streamml.predictions',

@@ -278,7 +278,7 @@ def record_build(conn,               # connection inside the batch's transaction
                 ) -> None:
     "A build request for `cmd` inside the caller's transaction (a `runs` row while no builder exists)."
     if request_build is not None:
-        request_build(conn, cmd.model, cmd.trigger, cmd.reason, cmd.parameters, str(src)); return
+        request_build(conn, cmd=cmd, source=str(src)); return
     run_id = str(uuid.uuid4())
     conn.execute(runs.insert().values(run_id=run_id, model=cmd.model, trigger=cmd.trigger, reason=cmd.reason,
                                       status='requested', source=str(src), requested_at=utcnow(),
@@ -385,8 +385,7 @@ class EventsService:
         self.csv = RotatingFile(s.path('training'), tspec.stem, '.csv')
         self.producer = make_producer(s)
         self.request_build, worker_cls = builds_api()
-        if self.request_build and 'train_dir' in inspect.signature(self.request_build).parameters:
-            self.request_build = functools.partial(self.request_build, train_dir=s.train_dir)   # this project's notebooks
+        if self.request_build: self.request_build = functools.partial(self.request_build, s=s)   # this project's notebooks
         self.worker = worker_cls(s) if (self.builds and worker_cls) else None
         if self.worker: self.worker.start()
         self.hooks = optional_hooks(s, self.engine, self.producer, self.scoring)
@@ -755,7 +754,7 @@ def bench_champions(s: Settings,  # settings (home for the artifacts)
     import numpy as np
     from sklearn.neural_network import MLPClassifier
     from sklearn.tree import DecisionTreeClassifier
-    from streamml.registry import save_version, tree_from_sklearn, linear_arrays
+    from streamml.registry import save_version, Trained, tree_from_sklearn, linear_arrays
     h = len(X) // 2
     mean, scale = X.mean(axis=0), X.std(axis=0) + 1e-7
     mlp = MLPClassifier((32, 32), activation='tanh', max_iter=50, random_state=0).fit((X[:h] - mean) / scale, y[:h])
@@ -764,12 +763,12 @@ def bench_champions(s: Settings,  # settings (home for the artifacts)
     dtr = DecisionTreeClassifier(max_depth=8, random_state=0).fit(X[:h], y[:h])
     slope, intercept = np.polyfit(X[:h, 0], X[:h, 1], 1)
     hold = (X[h:], y[h:])
-    return [save_version(s, 'mlp', task='classification', serving=dense, metric_name='accuracy',
-                         metrics={'accuracy': mlp.score((X[h:] - mean) / scale, y[h:])}, holdout=hold),
-            save_version(s, 'dtr', task='classification', serving=tree_from_sklearn(dtr), metric_name='accuracy',
-                         metrics={'accuracy': dtr.score(X[h:], y[h:])}, holdout=hold),
-            save_version(s, 'slr', task='regression', serving=linear_arrays(slope, intercept), metric_name='r2',
-                         metrics={'r2': 0.0}, holdout=(X[h:, :1], X[h:, 1]))]
+    return [save_version(s, 'mlp', Trained(task='classification', serving=dense, metric_name='accuracy',
+                         metrics={'accuracy': mlp.score((X[h:] - mean) / scale, y[h:])}, holdout=hold)),
+            save_version(s, 'dtr', Trained(task='classification', serving=tree_from_sklearn(dtr), metric_name='accuracy',
+                         metrics={'accuracy': dtr.score(X[h:], y[h:])}, holdout=hold)),
+            save_version(s, 'slr', Trained(task='regression', serving=linear_arrays(slope, intercept), metric_name='r2',
+                         metrics={'r2': 0.0}, holdout=(X[h:, :1], X[h:, 1])))]
 
 def crown(url: str,       # database of one bench run
           versions: list  # versions to make champions
