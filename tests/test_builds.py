@@ -3,20 +3,20 @@
 A tiny training notebook (`tiny`, in a stand-in project's nbs/train) makes failures, dead kernels, timeouts and
 slow builds cheap; the real mlp, slr and dtr notebooks each build once end to end on generated rows.
 """
-import json, shutil, threading, time, uuid
+import json, re, shutil, threading, time, uuid
 from pathlib import Path
 import nbformat, numpy as np, pytest, sqlalchemy as sa
 from conftest import streamml, settings_for, wait_for
 from streamml import registry
 from streamml.admin import rollback_model, status_text
 from streamml.bench_build import bench_build
-from streamml.builds import run_build, request_build, BuildWorker
+from streamml.builds import run_build, request_build, BuildWorker, QueueFullError
 from streamml.messages import CommandEvent
 from streamml.params import BuildOptions, check_parameters, notebook_path
 from streamml.train import store_generated
 from streamml.config import child_env, make_consumer
 from streamml.db import make_engine, init_db, runs, training_log, linear_model, model_versions, champion_history
-from streamml.errors import ParameterError, UnknownModelError
+from streamml.errors import ParameterError, UnknownModelError, ValidationError
 
 TINY_PARAMS = """run_id: str = ''      # build run id, set by the runner
 slope: float = 2.0    # slope of the saved line (2.0 fits the holdout exactly) [-100, 100]
@@ -185,7 +185,9 @@ def test_stopped_worker_requeues_its_build(tmp_path, project):
     w = BuildWorker(s, eng, BuildOptions(publish=False), poll=0.05).start()
     with eng.begin() as c: rid, _ = request_build(c, s, CommandEvent('tiny', 'command', parameters={'sleep': 60.0}))
     wait_for(lambda: run_rows(eng)[rid]['status'] == 'running', what='build running')
-    w.stop()
+    wait_for(lambda: s.path('runs', f'{rid}.ipynb').exists(), what='papermill running')
+    t0 = time.monotonic(); w.stop()
+    assert time.monotonic() - t0 < 1.5                               # papermill and its kernel killed within about a second
     assert run_rows(eng)[rid]['status'] == 'requested'               # interrupted, queued again: not lost
     with eng.begin() as c: c.execute(sa.update(runs).where(runs.c.run_id == rid).values(parameters=json.dumps({'sleep': 0.0})))
     res = BuildWorker(s, eng, BuildOptions(publish=False)).run_once()
@@ -263,4 +265,56 @@ def test_cli_build_status_prune_and_bench(tmp_path, project):
     assert registry.load_champion(s, eng, 'dtr')                        # the champion survives pruning
     lines = bench_build(s, ['--model', 'dtr', '--rows', '100'])
     assert [l['system'] for l in lines] == ['papermill', 'streamml'] and lines[1]['ratio'] > 0
+    eng.dispose()
+
+# ---------------------------------------------------------------- bounds, queue cap, memory limit (issue 11)
+
+def test_out_of_bounds_and_huge_parameters_are_refused(tmp_path, project):
+    s = home(tmp_path, project); eng = db(s)
+    for model, params, msg in [('mlp', {'hidden': 10**7}, "parameter 'hidden' must be at most 1024 (declared [1, 1024] in mlp.ipynb), got 10000000"),
+                               ('dtr', {'max_depth': 10**9}, "parameter 'max_depth' must be at most 64 (declared [1, 64] in dtr.ipynb)"),
+                               ('dtr', {'max_depth': 10**400}, "parameter 'max_depth' must be at most 64 (declared [1, 64] in dtr.ipynb), got <1329-bit integer>"),
+                               ('mlp', {'learning_rate': 10**400}, "parameter 'learning_rate' must be float, got int <1329-bit integer>"),
+                               ('mlp', {'split': 0}, "parameter 'split' must be above 0 (declared (0, 1) in mlp.ipynb), got 0.0"),
+                               ('dtr', {'criterion': 'chaos'}, "parameter 'criterion' must be one of gini, entropy, log_loss, got 'chaos'")]:
+        with pytest.raises(ParameterError, match=re.escape(msg)): build(s, model, params, engine=eng)
+        with eng.begin() as c:
+            with pytest.raises(ParameterError, match=re.escape(msg)): request_build(c, s, CommandEvent(model, parameters=params))
+    assert run_rows(eng) == {}                                          # refused before anything was recorded
+    env = child_env(s)
+    for args, msg in [(['build', 'dtr', '-p', 'max_depth', '9' * 5000], "error: parameter 'max_depth' must be int, got str '9999"),
+                      (['build', 'mlp', '-p', 'hidden', '10000000'], "error: parameter 'hidden' must be at most 1024"),
+                      (['build', 'mlp', '-p', 'learning_rate', '1e999'], "error: parameter 'learning_rate' must be a finite number, got '1e999'")]:
+        r = streamml(*args, env=env, check=False)
+        assert r.returncode == 1 and msg in r.stderr, (args, r.stderr[-500:])
+    eng.dispose()
+
+@pytest.mark.parametrize('backend', ['sqlite', 'mariadb'])
+def test_queue_cap_per_model(tmp_path, project, backend, request, monkeypatch):
+    url = request.getfixturevalue('mariadb_url') if backend == 'mariadb' else None
+    s = home(tmp_path, project, db_url=url); eng = db(s)
+    monkeypatch.setenv('STREAMML_BUILD_MAX_QUEUED', '2')
+    with eng.begin() as c:
+        assert [request_build(c, s, CommandEvent('tiny', parameters={'slope': k}))[1] for k in (1, 2)] == ['requested'] * 2
+        with pytest.raises(QueueFullError, match=re.escape('tiny already has 2 builds waiting, the most allowed (STREAMML_BUILD_MAX_QUEUED=2)')) as e:
+            request_build(c, s, CommandEvent('tiny', parameters={'slope': 3}))
+        assert e.value.status == 429 and isinstance(e.value, ValidationError)
+        assert request_build(c, s, CommandEvent('tiny', parameters={'slope': 2}))[1] == 'merged'   # merging adds no build
+        assert request_build(c, s, CommandEvent('slr'))[1] == 'requested'                          # other models are not held up
+    assert [r.status for r in BuildWorker(s, eng, BuildOptions(publish=False)).run_once() if r.model == 'tiny'] == ['succeeded']
+    with eng.begin() as c: assert request_build(c, s, CommandEvent('tiny', parameters={'slope': 3}))[1] == 'requested'  # room again
+    eng.dispose()
+
+def test_build_over_its_memory_limit_fails_readably_and_keeps_the_champion(tmp_path, project):
+    s = home(tmp_path, project); eng = db(s)
+    ok = build(s, 'tiny', engine=eng)
+    big = build(s, 'tiny', {'allocate_mb': 3000, 'slope': 1.0}, engine=eng, memory_mb=1536)
+    assert big.status == 'failed', big.line()
+    assert big.error.startswith('the build exceeded its memory limit of 1536 MiB (STREAMML_BUILD_MEMORY_MB): '), big.error
+    assert 'Unable to allocate' in big.error and run_rows(eng)[big.run_id]['error'] == big.error
+    assert registry.current_champion(eng, 'tiny')['version'] == ok.version
+    assert [v.version for v in registry.list_versions(s, 'tiny')] == [ok.version]     # nothing half-saved
+    fine = build(s, 'tiny', {'allocate_mb': 300, 'slope': 1.0}, engine=eng, memory_mb=1536)
+    assert fine.status == 'succeeded' and not fine.promoted                            # the limit failed it, not the notebook
+    assert BuildOptions().timeout == 900 and BuildOptions().memory_mb == 8192         # the defaults
     eng.dispose()
