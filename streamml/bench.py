@@ -15,6 +15,7 @@ __all__ = ['BENCHES', 'run_bench', 'args_bench', 'cmd_bench']
 BENCHES = {  # name -> module holding bench_<name>
     'ingest': 'streamml.events',
     'build': 'streamml.bench_build',
+    'reproduce': 'streamml.bench_reproduce',
     'predict': 'streamml.predictions',
     'http': 'streamml.server',
     'swap': 'streamml.predictions',

@@ -32,6 +32,7 @@ COMMANDS = {
     'status':      Command('streamml.admin', 4, 'versions, champion and accuracy history'),
     'rollback':    Command('streamml.admin', 4, 'restore the previous champion'),
     'prune':       Command('streamml.admin', 4, 'remove old non-champion versions and run notebooks'),
+    'reproduce':   Command('streamml.reproduce', 10, 'make a version again from its recorded rows, parameters and notebook; exit 1 on a mismatch'),
     'predictions': Command('streamml.predictions', 5, 'answer prediction_request_topic (consumer group, batched, hot reload)'),
     'serve':       Command('streamml.server', 5, 'HTTP API: predictions, models, runs, health, metrics'),
     'predict':     Command('streamml.predictions', 5, 'ask for a prediction over Kafka and print the response'),

@@ -96,7 +96,8 @@ def _start(s: Settings, nb: Path, out: Path, parameters: dict, opts: BuildOption
     spec.write_text(json.dumps(dict(input=str(nb), output=str(out), parameters=parameters, kernel=kernel_name(),
                                     cwd=str(out.parent), timeout=int(opts.timeout) + 1, niceness=opts.niceness,
                                     memory_mb=opts.memory_mb)))
-    proc = subprocess.Popen([sys.executable, '-c', PAPERMILL_CHILD, str(spec)], env=build_env(s), stdout=subprocess.DEVNULL,
+    env = build_env(s) | {'STREAMML_BUILD_NOTEBOOK': str(nb)}   # the notebook records which notebook made it
+    proc = subprocess.Popen([sys.executable, '-c', PAPERMILL_CHILD, str(spec)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
     lines = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True); reader.start()

@@ -9,18 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from .config import Settings, MODEL_NAME
+from . import provenance
 from .errors import SchemaError, NoChampionError, UnknownModelError, StreamMLError
 
 log = logging.getLogger(__name__)
-FORMAT = 1  # artifact format version, in every manifest
+FORMAT = 2  # artifact format version, in every manifest (1: before environment, git and notebook records; read the same)
 
 # %% auto #0
-__all__ = ['log', 'FORMAT', 'ACTIVATIONS', 'KINDS', 'Version', 'model_dir', 'new_version_name', 'read_version', 'list_versions',
-           'get_version', 'library_versions', 'git_commit', 'Trained', 'Provenance', 'save_version', 'Predictor',
-           'DensePredictor', 'TreePredictor', 'LinearPredictor', 'dense_from_keras', 'tree_from_sklearn',
-           'linear_arrays', 'load_version', 'load_holdout', 'score', 'current_champion', 'load_champion',
-           'register_version', 'set_champion', 'update_message', 'Decision', 'champion_metric_on', 'gate',
-           'champion_stack', 'rollback', 'prune']
+__all__ = ['log', 'FORMAT', 'ACTIVATIONS', 'KINDS', 'MANIFEST_COLUMN', 'Version', 'model_dir', 'new_version_name', 'read_version',
+           'list_versions', 'get_version', 'library_versions', 'Trained', 'Provenance', 'save_version',
+           'amend_manifest', 'Predictor', 'DensePredictor', 'TreePredictor', 'LinearPredictor', 'dense_from_keras',
+           'tree_from_sklearn', 'linear_arrays', 'load_version', 'load_holdout', 'score', 'current_champion',
+           'load_champion', 'register_version', 'set_champion', 'update_message', 'Decision', 'champion_metric_on',
+           'gate', 'champion_stack', 'rollback', 'prune']
 
 # %% ../nbs/10_registry.ipynb #a130d758
 @dataclass(frozen=True)
@@ -79,12 +80,6 @@ def library_versions() -> dict:
         if name in sys.modules: out[name] = getattr(sys.modules[name], '__version__', '?')
     return out
 
-def git_commit(root: Path # checkout
-              ) -> str|None:
-    "The checkout's HEAD commit, or None outside git."
-    try: return subprocess.run(['git', '-C', str(root), 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError): return None
-
 def _fsync_dir(d: Path):
     "Flush a directory's entries (so a rename survives a crash)."
     fd = os.open(d, os.O_RDONLY)
@@ -126,7 +121,8 @@ def _manifest(s: Settings, model: str, name: str, t: Trained, p: Provenance, met
                 metric_name=t.metric_name, metric=float(t.metrics[t.metric_name]),
                 metrics={k: float(v) for k, v in t.metrics.items()}, holdout_rows=int(len(t.holdout[1])),
                 data=dict(p.data), parameters=dict(p.parameters), serving=meta,
-                libraries=library_versions(), git_commit=git_commit(s.project_root), **p.extra)
+                libraries=library_versions(), environment=provenance.environment(s.project_root),
+                git=(g := provenance.git_state(s.project_root)), git_commit=g['commit'], **p.extra)
 
 def _write_arrays(tmp: Path, t: Trained) -> tuple[dict, int]:
     "Write `serving.npz` and `holdout.npz`; return the serving metadata and the predictor's input count."
@@ -167,6 +163,17 @@ def save_version(s: Settings,              # settings (home, project root)
         shutil.rmtree(tmp, ignore_errors=True); raise
     log.info('saved %s/%s (%s=%.4f)', model, name, trained.metric_name, manifest['metric'])
     return Version(final, manifest)
+
+def amend_manifest(v: Version, # a complete version not yet registered
+                   **fields    # manifest fields to add or replace
+                  ) -> Version:
+    "Add fields to a version's manifest (atomically: a reader sees the old or the new manifest, never a mix)."
+    m = {**v.manifest, **fields}
+    tmp = v.path/'.manifest.json.tmp'
+    tmp.write_text(json.dumps(m, indent=1, default=str))
+    with open(tmp, 'rb') as f: os.fsync(f.fileno())
+    os.replace(tmp, v.path/'manifest.json'); _fsync_dir(v.path)
+    return Version(v.path, m)
 
 # %% ../nbs/10_registry.ipynb #05d1c53d
 class Predictor:
@@ -332,6 +339,8 @@ def load_champion(s: Settings, # settings (home, n_features)
     return load_version(v)
 
 # %% ../nbs/10_registry.ipynb #570ade68
+MANIFEST_COLUMN = 60_000  # longest manifest stored whole in model_versions.manifest
+
 def register_version(conn,                     # connection inside the caller's transaction
                      v: Version,               # the complete version
                      status: str,              # candidate, promoted or rejected
@@ -343,11 +352,16 @@ def register_version(conn,                     # connection inside the caller's 
     from streamml.db import model_versions, utcnow
     t = model_versions
     vals = dict(status=status, reason=reason, champion_metric=champion_metric)
+    man = json.dumps(v.manifest, default=str)
+    if len(man) > MANIFEST_COLUMN:   # a MySQL TEXT holds 64 KiB: the bulky lists stay in manifest.json on disk
+        m = {**v.manifest, 'data': {k: x for k, x in v.manifest.get('data', {}).items() if k != 'segments'},
+             'environment': {k: x for k, x in (v.manifest.get('environment') or {}).items() if k != 'packages'}}
+        man = json.dumps(m, default=str)
     done = conn.execute(sa.update(t).where(t.c.model == v.model, t.c.version == v.version).values(**vals)).rowcount
     if not done:
         conn.execute(sa.insert(t).values(model=v.model, version=v.version, uuid=v.uuid, run_id=v.manifest.get('run_id'),
                                          metric_name=v.metric_name, metric=v.metric, path=str(v.path), n_features=v.n_features,
-                                         created_at=utcnow(), manifest=json.dumps(v.manifest, default=str), **vals))
+                                         created_at=utcnow(), manifest=man, **vals))
 
 def set_champion(conn,                 # connection inside the caller's transaction
                  v: Version,           # the new champion
