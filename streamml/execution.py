@@ -71,7 +71,7 @@ def _failure(out: Path, stderr: str, returncode: int, opts: BuildOptions) -> str
     if 'MemoryError' in stderr: return f'{limit}: papermill could not start'
     return cell[1] if cell else (stderr.strip().splitlines() or [f'papermill exited with {returncode}'])[-1]
 
-# %% ../nbs/12c_execution.ipynb #405f78fe
+# %% ../nbs/12c_execution.ipynb #1516899a
 def _dead(q) -> bool:
     "True when a process is gone or a zombie (killed; its reaper may take a while)."
     import psutil
@@ -81,7 +81,9 @@ def _dead(q) -> bool:
 def kill_tree(pid: int) -> None:
     "SIGKILL a process and all its descendants (papermill and its kernel); return when none runs any more."
     import psutil
-    try: p = psutil.Process(pid); procs = p.children(recursive=True) + [p]
+    try:
+        p = psutil.Process(pid); p.suspend()          # stopped, it starts no new child (a kernel) while we look
+        procs = p.children(recursive=True) + [p]
     except psutil.NoSuchProcess: return
     for q in procs:
         try: q.kill()
