@@ -66,6 +66,10 @@ def test_no_churn_unchanged_build_makes_no_version(tmp_path):
     assert len(registry.list_versions(s, 'dtr')) == 1
     with eng.connect() as c: st = [r.status for r in c.execute(sa.select(runs.c.status).order_by(runs.c.requested_at))]
     assert st == ['succeeded', 'unchanged']
+    v = registry.list_versions(s, 'dtr')[0]
+    lin = streamml('status', 'dtr', '--version', v.version, env=env).stdout
+    assert lin.startswith(f'== dtr {v.version}: promoted') and f'executed notebook: {v.manifest["executed"]["path"]} sha256 ' in lin, lin
+    assert f'make it again: streamml reproduce dtr {v.version}' in lin
     eng.dispose()
 
 def test_reproduce_from_the_archive_alone(settings, tmp_path):
