@@ -14,7 +14,8 @@ __all__ = ['BENCHES', 'run_bench', 'args_bench', 'cmd_bench']
 # %% ../nbs/90_bench.ipynb #a0dfac80
 BENCHES = {  # name -> module holding bench_<name>
     'ingest': 'streamml.bench_ingest',
-    'build': 'streamml.builds',
+    'build': 'streamml.bench_build',
+    'reproduce': 'streamml.bench_reproduce',
     'predict': 'streamml.bench_predict',
     'http': 'streamml.server',
     'swap': 'streamml.bench_predict',

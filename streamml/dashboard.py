@@ -313,8 +313,8 @@ def example_fill(s: Settings,        # settings (home for the artifacts)
     from streamml.messages import TrainingRow
     X, y, starts = drifting([('agree', 400), ('contrary', 400)], seed=seed)
     clf = DecisionTreeClassifier(max_depth=6, random_state=0).fit(X[:300], y[:300])
-    mk = lambda m: registry.save_version(s, 'dtr', task='classification', serving=registry.tree_from_sklearn(clf), metric_name='accuracy',
-                                         metrics={'accuracy': m}, holdout=(X[300:400], y[300:400]))
+    mk = lambda m: registry.save_version(s, 'dtr', registry.Trained(task='classification', serving=registry.tree_from_sklearn(clf), metric_name='accuracy',
+                                         metrics={'accuracy': m}, holdout=(X[300:400], y[300:400])))
     v1, v2 = mk(float(clf.score(X[300:400], y[300:400]))), mk(0.2)
     rows = [TrainingRow(tuple(map(float, x)), float(l)) for x, l in zip(X, y)]
     now, runs = D.minute(), []

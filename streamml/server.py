@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Gauge, gene
 from .config import Settings, MODEL_NAME
 from .errors import (StreamMLError, AuthError, ForbiddenError, PayloadTooLarge, ValidationError,
                              UnknownModelError)
-from .messages import Limits, parse_request, PredictionRequest
+from .messages import Limits, parse_request, PredictionRequest, CommandEvent
 from .scoring import Champions, answer
 from .testing import result
 
@@ -280,7 +280,7 @@ def add_mutating_routes(app: FastAPI, s: Settings, eng: sa.Engine):
     def build(model: str) -> JSONResponse:
         request_build = _builds('request_build')
         if request_build is None: return JSONResponse({'error': 'builds are not available: streamml.builds.request_build is missing'}, 501)
-        with eng.begin() as c: run_id, status = request_build(c, known(model), 'http', reason='HTTP API')
+        with eng.begin() as c: run_id, status = request_build(c, s, CommandEvent(known(model), 'http', 'HTTP API'))
         return JSONResponse(dict(model=model, run_id=run_id, status=status), 202)
 
     @app.post('/api/build/{model}', status_code=202, dependencies=[Depends(authorized)], summary='Request a build')
@@ -291,7 +291,7 @@ def add_mutating_routes(app: FastAPI, s: Settings, eng: sa.Engine):
 
     @app.post('/api/rollback/{model}', dependencies=[Depends(authorized)], summary='Restore the previous champion')
     def rollback(model: str):
-        rollback_model = _builds('rollback_model')
+        from streamml.admin import rollback_model
         if rollback_model is None: return JSONResponse({'error': 'rollback is not available: streamml.builds.rollback_model is missing'}, 501)
         v, old = rollback_model(s, known(model), eng, reason='HTTP API')
         return JSONResponse(dict(model=model, version=v.version, uuid=v.uuid, replaced=old))
