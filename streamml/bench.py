@@ -20,6 +20,7 @@ BENCHES = {  # name -> module holding bench_<name>
     'http': 'streamml.server',
     'swap': 'streamml.bench_predict',
     'hostile': 'streamml.bench_hostile',
+    'scale': 'streamml.bench_scale',
 }
 
 # %% ../nbs/90_bench.ipynb #0fa4b573
