@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from fastcore.basics import patch
 from .config import Settings, MODEL_NAME, ensure_home, make_producer
 from .db import make_engine, runs, training_log, utcnow
-from .errors import BuildError, ValidationError, StreamMLError
+from .errors import BuildError, ValidationError, StreamMLError, QueueFullError
 from .messages import CommandEvent
 from .params import BuildOptions, notebook_path, check_parameters, params_json
 from .buildlock import acquire_lock, wait_for_lock, release_lock, reap_stale, owner_id, Heartbeat
@@ -21,16 +21,12 @@ from . import registry, provenance
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'TRIGGER_NAME', 'QueueFullError', 'request_build', 'broker_answers', 'announce', 'BuildResult', 'Job',
-           'update_run', 'find_version', 'keep_read_only', 'same_inputs', 'unchanged_from', 'build_locked', 'run_build',
+__all__ = ['log', 'TRIGGER_NAME', 'request_build', 'broker_answers', 'announce', 'BuildResult', 'Job', 'update_run',
+           'find_version', 'keep_read_only', 'same_inputs', 'unchanged_from', 'build_locked', 'run_build',
            'BuildWorker']
 
 # %% ../nbs/12_builds.ipynb #83fa275a
 TRIGGER_NAME = MODEL_NAME   # what a trigger may be: cli, cron, command, rows, drift, http, bench...
-
-class QueueFullError(ValidationError):
-    "A model already has as many builds waiting as it may (`BuildOptions.max_queued`): try again after one ran."
-    status = 429
 
 def _queued(conn, model: str) -> int:
     "How many builds of `model` are waiting."

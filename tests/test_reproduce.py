@@ -12,10 +12,11 @@ from streamml import registry, provenance
 from streamml.admin import lineage_text
 from streamml.builds import run_build
 from streamml.client import send_training
-from streamml.config import StopFlag, child_env
+from streamml.config import child_env
+from streamml.procs import StopFlag
 from streamml.data import judges, csv_rows
 from streamml.db import make_engine, init_db, training_data, runs
-from streamml.events import EventsService
+from streamml.events import events_runner, EventsOptions
 from streamml.messages import CommandEvent
 from streamml.params import BuildOptions
 from streamml.reproduce import reproduce
@@ -75,11 +76,11 @@ def test_no_churn_unchanged_build_makes_no_version(tmp_path):
 def test_reproduce_from_the_archive_alone(settings, tmp_path):
     s = settings
     X, y = judges(300, 11)
-    svc, stop = EventsService(s, group=f'repro-{uuid.uuid4().hex[:8]}', builds=False, scoring=False), StopFlag()
+    svc, stop = events_runner(s, EventsOptions(group=f'repro-{uuid.uuid4().hex[:8]}', builds=False, scoring=False)), StopFlag()
     th = threading.Thread(target=svc.run, args=(stop,), daemon=True); th.start()
     try:
         send_training(s, csv_rows(X, y))
-        wait_for(lambda: svc.stats['stored'] >= 300 or not th.is_alive(), 90, '300 rows stored')
+        wait_for(lambda: svc.proc.stats['stored'] >= 300 or not th.is_alive(), 90, '300 rows stored')
     finally:
         stop.set(); th.join(60)
     eng = make_engine(s)
