@@ -16,7 +16,7 @@ BENCHES = {  # name -> module holding bench_<name>
     'ingest': 'streamml.events',
     'build': 'streamml.builds',
     'predict': 'streamml.predictions',
-    'http': 'streamml.server',
+    'http': 'streamml.bench_http',
     'swap': 'streamml.predictions',
 }
 
