@@ -120,7 +120,11 @@ def cmd_up(args, s: Settings) -> int:
         _line('database', f'{len(init_db(engine))} tables at {engine.url.render_as_string(hide_password=True)}')
         _line('home', f'{s.home}{"  (demo: its own home and database)" if args.demo else ""}')
         wanted = None if args.services == 'all' else [x for x in args.services.split(',') if x and x != 'none']
+        from streamml.dashboard_launcher import dashboard_token, dashboard_url, TOKEN_VAR
+        token, made = dashboard_token(s)   # off loopback the dashboard needs a token: made here, so its URL can be printed
+        if made: os.environ[TOKEN_VAR] = token
         for c in plan(s, args.demo, wanted):
+            if c.name == 'dashboard' and made: c.url = dashboard_url(s, s.dashboard_port, token)
             if resolve(c.name) is None: _line(c.name, not_built(c.name).split(': ', 1)[1]); continue
             start_child(c, s, s.path('logs')); comps.append(c)
             _line(c.name, f'running, pid {c.proc.pid}{", " + c.url if c.url else ""}, log {c.log_path}')
