@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['log', 'F32_MAX', 'F64_MAX', 'DTYPE_MAX', 'FEATURES', 'RESPONSE', 'STATUS', 'RESULT', 'PRIVATE_RUN_FIELDS',
-           'HTTPMetrics', 'MetricsMiddleware', 'guard_inputs', 'guard_results', 'respond', 'MicroBatcher', 'make_app',
-           'param_reason', 'add_prediction_routes', 'openapi_with_bodies', 'add_info_routes', 'models_info',
-           'add_model_routes', 'render_run', 'public_run', 'add_run_routes', 'add_mutating_routes', 'uvicorn_options',
-           'app_from_env', 'args_serve', 'cmd_serve']
+           'HTTPMetrics', 'MetricsMiddleware', 'guard_inputs', 'guard_results', 'respond', 'MicroBatcher',
+           'add_prediction_routes', 'openapi_with_bodies', 'add_info_routes', 'models_info', 'add_model_routes',
+           'render_run', 'public_run', 'add_run_routes', 'add_mutating_routes', 'make_app', 'param_reason',
+           'uvicorn_options', 'app_from_env', 'args_serve', 'cmd_serve']
 
-# %% ../nbs/30_server.ipynb #ae470c55
+# %% ../nbs/30_server.ipynb #23c380a4
 import asyncio, dataclasses, gc, logging, math, os, sys, time
 from itertools import chain
 from operator import attrgetter, itemgetter, methodcaller
@@ -33,7 +33,7 @@ from .http_io import (JSON, BODY, BODY_SCHEMA, BEARER, PREDICTED, E401, E403, E4
 
 log = logging.getLogger(__name__)
 
-# %% ../nbs/30_server.ipynb #b770b726
+# %% ../nbs/30_server.ipynb #dd92b28b
 class HTTPMetrics:
     "Prometheus metrics of one HTTP app, in a registry of its own (no module-level state)."
     def __init__(self):
@@ -62,7 +62,7 @@ class MetricsMiddleware:
             self.m.requests.labels(route, status[0]).inc(); self.m.latency.labels(route).observe(time.perf_counter() - t0)
             if status[0] >= 400: self.m.errors.labels(route, status[0]).inc()
 
-# %% ../nbs/30_server.ipynb #dd12d8e5
+# %% ../nbs/30_server.ipynb #645467bc
 F32_MAX, F64_MAX = float(np.finfo(np.float32).max), float(np.finfo(np.float64).max)
 DTYPE_MAX = {'dense': ('float32', F32_MAX)}   # predictor kind -> the dtype it computes in (others: float64)
 FEATURES, RESPONSE, STATUS, RESULT = attrgetter('features'), itemgetter(0), itemgetter(1), methodcaller('get', 'result', 0)
@@ -103,7 +103,7 @@ def respond(ch: Champions, reqs: list[PredictionRequest]) -> list[tuple[dict, in
     "`scoring.answer` between the two guards: `(response, status)` per request, every number finite."
     return guard_results(answer(ch, guard_inputs(ch, reqs)))
 
-# %% ../nbs/30_server.ipynb #12e8cd34
+# %% ../nbs/30_server.ipynb #13a85a6a
 class MicroBatcher:
     "Answer the requests that arrive in one event-loop turn with a single `respond()` call."
     def __init__(self, champions, metrics: HTTPMetrics): self.ch, self.m, self.reqs, self.futs = champions, metrics, [], []
@@ -126,7 +126,152 @@ class MicroBatcher:
         for f, r in zip(futs, res):
             if not f.done(): f.set_result(r)   # done: the client went away and its request was cancelled
 
-# %% ../nbs/30_server.ipynb #e4f72687
+# %% ../nbs/30_server.ipynb #e4655deb
+def add_prediction_routes(app: FastAPI, s: Settings, ch: Champions):
+    "POST /predict and the 2018 GET /api/predict/{model}/{csv}."
+    one = MicroBatcher(ch, app.state.metrics)
+    @app.post('/predict', summary='Predict one row or many', responses={200: {'model': Prediction | list[Prediction]},
+              413: _e('body over STREAMML_MAX_MESSAGE_BYTES'), **PREDICTED},
+              openapi_extra={'requestBody': {'required': True, 'content': {'application/json': {'schema': BODY_SCHEMA}}}})
+    async def predict(request: Request):
+        "One request object → one response (status from its error); an array or `rows` → an array of responses (200)."
+        reqs, many = requests_from(await read_body(request, s.max_message_bytes), s.max_message_bytes)
+        if many: return JSON([r for r, _ in respond(ch, reqs)])
+        resp, status = await one(reqs[0])
+        return JSON(resp, status)
+
+    @app.get('/api/predict/{model}/{csv}', summary='Predict one row (the 2018 route)', responses={200: {'model': Prediction}, **PREDICTED})
+    async def predict_2018(model: model_path(s.known_models()), csv: CsvPath):
+        "The 2018 system's prediction route: `input, result, accuracy, modelid, prediction-date` (+ id, model, version)."
+        resp, status = await one(parse_request({'model': model, 'payload': csv}, s.max_message_bytes))
+        return JSON(resp, status)
+
+# %% ../nbs/30_server.ipynb #49850eb8
+def openapi_with_bodies(app: FastAPI) -> dict:
+    "The app's OpenAPI document, with the request-body shapes among its components."
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = doc.setdefault('components', {}).setdefault('schemas', {})
+        schemas.update(BODY_SCHEMA.get('$defs', {}), Error=Error.model_json_schema())
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+# %% ../nbs/30_server.ipynb #52f4908b
+def _rss_mb() -> float:
+    "Resident memory of this process in MiB."
+    import psutil
+    return psutil.Process().memory_info().rss / 2**20
+
+def add_info_routes(app: FastAPI, s: Settings, ch: Champions):
+    "GET /health and /metrics."
+    @app.get('/health', summary='503 until models are loaded; names their versions', responses={200: {'model': Health},
+             503: {'model': Health, 'description': 'loading, or no model has a champion yet'}})
+    async def health(request: Request):
+        v = ch.versions()
+        body = dict(status='ok' if ch.ready and v else ('loading' if not ch.ready else 'no model has a champion yet'),
+                    models=v, tensorflow_loaded='tensorflow' in sys.modules)
+        if token_ok(s, request.headers.get('authorization')): body.update(pid=os.getpid(), rss_mb=round(_rss_mb(), 1))
+        return JSON(body, 200 if body['status'] == 'ok' else 503)
+
+    @app.get('/metrics', summary='Prometheus metrics', response_class=PlainTextResponse)
+    async def metrics():
+        mv = app.state.metrics.model_version
+        mv.clear()
+        for m, v in ch.versions().items(): mv.labels(m, v).set(1)
+        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+# %% ../nbs/30_server.ipynb #7c655d0f
+def models_info(s: Settings, eng: sa.Engine, ch: Champions,
+                private: bool=False  # show server-side details (paths, hosts) in reasons
+               ) -> list[dict]:
+    "Per model: champion, serving version, versions (status, holdout metric) and live accuracy when available."
+    from streamml.db import champions as ct, model_versions as mv
+    text = (lambda t: t) if private else redact
+    with eng.connect() as c:
+        champs = {r['model']: dict(r) for r in c.execute(sa.select(ct)).mappings()}
+        vers = c.execute(sa.select(mv.c.model, mv.c.version, mv.c.uuid, mv.c.status, mv.c.metric_name, mv.c.metric,
+                                   mv.c.champion_metric, mv.c.reason, mv.c.created_at).order_by(mv.c.id)).mappings().all()
+        out = []
+        for m in sorted(set(s.known_models()) | set(champs) | {v['model'] for v in vers}):
+            p, live = ch.get(m), None
+            try: live = rolling_accuracy(c, m)
+            except Exception as e: log.debug('live accuracy of %s: %s', m, e)
+            out.append(dict(model=m, champion=champs.get(m), serving=p.info() if p else None,
+                            why_not_serving=None if p else text(ch.why(m)), holdout_metric=p.info()['accuracy'] if p else None,
+                            live=live, versions=[{**v, 'reason': text(v['reason'])} for v in vers if v['model'] == m]))
+    return out
+
+def add_model_routes(app: FastAPI, s: Settings, eng: sa.Engine, ch: Champions):
+    "GET /models."
+    @app.get('/models', summary='Champions, versions, holdout and live accuracy', responses={200: {'model': list[dict[str, Any]]}})
+    def models(request: Request): return JSON(models_info(s, eng, ch, token_ok(s, request.headers.get('authorization'))))
+
+# %% ../nbs/30_server.ipynb #01165761
+PRIVATE_RUN_FIELDS = ('host', 'notebook_path')   # where and by whom a build ran: shown with the token only
+
+def render_run(s: Settings, path: str|None) -> str:
+    "The executed notebook at `path` (inside the home) as HTML."
+    p = Path(path).resolve() if path else None
+    if p is None or not p.is_file(): raise UnknownModelError('this run has no executed notebook (yet)')
+    if not p.is_relative_to(s.home.resolve()): raise UnknownModelError('the run notebook is outside STREAMML_HOME: not served')
+    import nbformat
+    from nbconvert import HTMLExporter
+    html, _ = HTMLExporter(template_name='lab').from_notebook_node(nbformat.read(p, as_version=4))
+    return html
+
+def public_run(row: dict) -> dict:
+    "A `runs` row as an anonymous reader sees it: no host, no notebook path, free text redacted."
+    return {k: redact(v) for k, v in row.items() if k not in PRIVATE_RUN_FIELDS}
+
+def add_run_routes(app: FastAPI, s: Settings, eng: sa.Engine):
+    "GET /runs and /runs/{run_id}."
+    from streamml.db import runs as rt
+    newest = {'run': {'operationId': 'run_page', 'parameters': {'run_id': '$response.body#/0/run_id'}, 'description': "the newest run's notebook"}}
+    @app.get('/runs', summary='Build runs, newest first', responses={200: {'model': list[dict[str, Any]], 'links': newest}, 422: E422})
+    def runs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+             model: Annotated[str|None, Query(pattern=f'^{MODEL_NAME.pattern}$', max_length=32)] = None):
+        q = sa.select(rt).order_by(rt.c.requested_at.desc()).limit(limit)
+        if model is not None: q = q.where(rt.c.model == model)
+        with eng.connect() as c: rows = [dict(r) for r in c.execute(q).mappings()]
+        return JSON(rows if token_ok(s, request.headers.get('authorization')) else [public_run(r) for r in rows])
+
+    @app.get('/runs/{run_id}', summary="A run's executed notebook as HTML", response_class=HTMLResponse, operation_id='run_page',
+             responses={404: _e('no such run, or it has no executed notebook'), 422: E422})
+    def run_page(request: Request, run_id: RunPath):
+        with eng.connect() as c: row = c.execute(sa.select(rt).where(rt.c.run_id == run_id)).mappings().first()
+        if row is None: raise UnknownModelError(f'no run {run_id}')
+        html = render_run(s, row['notebook_path'])
+        return HTMLResponse(html if token_ok(s, request.headers.get('authorization')) else redact(html))
+
+# %% ../nbs/30_server.ipynb #3082d505
+def add_mutating_routes(app: FastAPI, s: Settings, eng: sa.Engine):
+    "POST /api/build/{model}, GET /api/build_{model} (2018) and POST /api/rollback/{model}; bearer token required."
+    def authorized(request: Request, _=Security(BEARER)): check_token(s, request.headers.get('authorization'))
+    def known(model: str) -> str:
+        if model not in s.known_models(): raise UnknownModelError(f'unknown model {model!r}: no training notebook nbs/train/{model}.ipynb')
+        return model
+    guarded = dict(dependencies=[Depends(authorized)], responses={401: E401, 403: E403, 404: E404, 422: E422})
+    ModelPath = model_path(s.known_models())
+
+    def build(model: str) -> JSON:
+        with eng.begin() as c: run_id, status = builds.request_build(c, known(model), 'http', reason='HTTP API')
+        return JSON(dict(model=model, run_id=run_id, status=status), 202)
+
+    @app.post('/api/build/{model}', status_code=202, summary='Request a build', response_model=BuildRequested, **guarded)
+    def build_post(model: ModelPath): return build(model)
+
+    @app.get('/api/build_{model}', status_code=202, summary='Request a build (the 2018 route)', response_model=BuildRequested, **guarded)
+    def build_2018(model: ModelPath): return build(model)
+
+    @app.post('/api/rollback/{model}', summary='Restore the previous champion', response_model=RolledBack,
+              **{**guarded, 'responses': {**guarded['responses'], 409: _e('no earlier champion to roll back to')}})
+    def rollback(model: ModelPath):
+        try: v, old = builds.rollback_model(s, known(model), eng, reason='HTTP API')
+        except NoChampionError as e: return JSON({'error': redact(str(e))}, 409)
+        return JSON(dict(model=model, version=v.version, uuid=v.uuid, replaced=old))
+
+# %% ../nbs/30_server.ipynb #a49927ac
 def make_app(s: Settings,                    # settings
              engine: sa.Engine|None=None,    # database (default: from settings)
              champions: Champions|None=None  # champions to serve (default: started here, following updates)
@@ -164,152 +309,7 @@ def param_reason(e: RequestValidationError) -> str:
     "The reason a path or query parameter was refused."
     return '; '.join(f'{x["loc"][0]} parameter {x["loc"][-1]}: {x["msg"]}' for x in e.errors()[:3])[:500]
 
-# %% ../nbs/30_server.ipynb #b4b5f161
-def add_prediction_routes(app: FastAPI, s: Settings, ch: Champions):
-    "POST /predict and the 2018 GET /api/predict/{model}/{csv}."
-    one = MicroBatcher(ch, app.state.metrics)
-    @app.post('/predict', summary='Predict one row or many', responses={200: {'model': Prediction | list[Prediction]},
-              413: _e('body over STREAMML_MAX_MESSAGE_BYTES'), **PREDICTED},
-              openapi_extra={'requestBody': {'required': True, 'content': {'application/json': {'schema': BODY_SCHEMA}}}})
-    async def predict(request: Request):
-        "One request object → one response (status from its error); an array or `rows` → an array of responses (200)."
-        reqs, many = requests_from(await read_body(request, s.max_message_bytes), s.max_message_bytes)
-        if many: return JSON([r for r, _ in respond(ch, reqs)])
-        resp, status = await one(reqs[0])
-        return JSON(resp, status)
-
-    @app.get('/api/predict/{model}/{csv}', summary='Predict one row (the 2018 route)', responses={200: {'model': Prediction}, **PREDICTED})
-    async def predict_2018(model: model_path(s.known_models()), csv: CsvPath):
-        "The 2018 system's prediction route: `input, result, accuracy, modelid, prediction-date` (+ id, model, version)."
-        resp, status = await one(parse_request({'model': model, 'payload': csv}, s.max_message_bytes))
-        return JSON(resp, status)
-
-# %% ../nbs/30_server.ipynb #f92abfc5
-def openapi_with_bodies(app: FastAPI) -> dict:
-    "The app's OpenAPI document, with the request-body shapes among its components."
-    if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        schemas = doc.setdefault('components', {}).setdefault('schemas', {})
-        schemas.update(BODY_SCHEMA.get('$defs', {}), Error=Error.model_json_schema())
-        app.openapi_schema = doc
-    return app.openapi_schema
-
-# %% ../nbs/30_server.ipynb #78e8f3e3
-def _rss_mb() -> float:
-    "Resident memory of this process in MiB."
-    import psutil
-    return psutil.Process().memory_info().rss / 2**20
-
-def add_info_routes(app: FastAPI, s: Settings, ch: Champions):
-    "GET /health and /metrics."
-    @app.get('/health', summary='503 until models are loaded; names their versions', responses={200: {'model': Health},
-             503: {'model': Health, 'description': 'loading, or no model has a champion yet'}})
-    async def health(request: Request):
-        v = ch.versions()
-        body = dict(status='ok' if ch.ready and v else ('loading' if not ch.ready else 'no model has a champion yet'),
-                    models=v, tensorflow_loaded='tensorflow' in sys.modules)
-        if token_ok(s, request.headers.get('authorization')): body.update(pid=os.getpid(), rss_mb=round(_rss_mb(), 1))
-        return JSON(body, 200 if body['status'] == 'ok' else 503)
-
-    @app.get('/metrics', summary='Prometheus metrics', response_class=PlainTextResponse)
-    async def metrics():
-        mv = app.state.metrics.model_version
-        mv.clear()
-        for m, v in ch.versions().items(): mv.labels(m, v).set(1)
-        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-# %% ../nbs/30_server.ipynb #69f3ab6e
-def models_info(s: Settings, eng: sa.Engine, ch: Champions,
-                private: bool=False  # show server-side details (paths, hosts) in reasons
-               ) -> list[dict]:
-    "Per model: champion, serving version, versions (status, holdout metric) and live accuracy when available."
-    from streamml.db import champions as ct, model_versions as mv
-    text = (lambda t: t) if private else redact
-    with eng.connect() as c:
-        champs = {r['model']: dict(r) for r in c.execute(sa.select(ct)).mappings()}
-        vers = c.execute(sa.select(mv.c.model, mv.c.version, mv.c.uuid, mv.c.status, mv.c.metric_name, mv.c.metric,
-                                   mv.c.champion_metric, mv.c.reason, mv.c.created_at).order_by(mv.c.id)).mappings().all()
-        out = []
-        for m in sorted(set(s.known_models()) | set(champs) | {v['model'] for v in vers}):
-            p, live = ch.get(m), None
-            try: live = rolling_accuracy(c, m)
-            except Exception as e: log.debug('live accuracy of %s: %s', m, e)
-            out.append(dict(model=m, champion=champs.get(m), serving=p.info() if p else None,
-                            why_not_serving=None if p else text(ch.why(m)), holdout_metric=p.info()['accuracy'] if p else None,
-                            live=live, versions=[{**v, 'reason': text(v['reason'])} for v in vers if v['model'] == m]))
-    return out
-
-def add_model_routes(app: FastAPI, s: Settings, eng: sa.Engine, ch: Champions):
-    "GET /models."
-    @app.get('/models', summary='Champions, versions, holdout and live accuracy', responses={200: {'model': list[dict[str, Any]]}})
-    def models(request: Request): return JSON(models_info(s, eng, ch, token_ok(s, request.headers.get('authorization'))))
-
-# %% ../nbs/30_server.ipynb #b422acd4
-PRIVATE_RUN_FIELDS = ('host', 'notebook_path')   # where and by whom a build ran: shown with the token only
-
-def render_run(s: Settings, path: str|None) -> str:
-    "The executed notebook at `path` (inside the home) as HTML."
-    p = Path(path).resolve() if path else None
-    if p is None or not p.is_file(): raise UnknownModelError('this run has no executed notebook (yet)')
-    if not p.is_relative_to(s.home.resolve()): raise UnknownModelError('the run notebook is outside STREAMML_HOME: not served')
-    import nbformat
-    from nbconvert import HTMLExporter
-    html, _ = HTMLExporter(template_name='lab').from_notebook_node(nbformat.read(p, as_version=4))
-    return html
-
-def public_run(row: dict) -> dict:
-    "A `runs` row as an anonymous reader sees it: no host, no notebook path, free text redacted."
-    return {k: redact(v) for k, v in row.items() if k not in PRIVATE_RUN_FIELDS}
-
-def add_run_routes(app: FastAPI, s: Settings, eng: sa.Engine):
-    "GET /runs and /runs/{run_id}."
-    from streamml.db import runs as rt
-    newest = {'run': {'operationId': 'run_page', 'parameters': {'run_id': '$response.body#/0/run_id'}, 'description': "the newest run's notebook"}}
-    @app.get('/runs', summary='Build runs, newest first', responses={200: {'model': list[dict[str, Any]], 'links': newest}, 422: E422})
-    def runs(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-             model: Annotated[str|None, Query(pattern=f'^{MODEL_NAME.pattern}$', max_length=32)] = None):
-        q = sa.select(rt).order_by(rt.c.requested_at.desc()).limit(limit)
-        if model is not None: q = q.where(rt.c.model == model)
-        with eng.connect() as c: rows = [dict(r) for r in c.execute(q).mappings()]
-        return JSON(rows if token_ok(s, request.headers.get('authorization')) else [public_run(r) for r in rows])
-
-    @app.get('/runs/{run_id}', summary="A run's executed notebook as HTML", response_class=HTMLResponse, operation_id='run_page',
-             responses={404: _e('no such run, or it has no executed notebook'), 422: E422})
-    def run_page(request: Request, run_id: RunPath):
-        with eng.connect() as c: row = c.execute(sa.select(rt).where(rt.c.run_id == run_id)).mappings().first()
-        if row is None: raise UnknownModelError(f'no run {run_id}')
-        html = render_run(s, row['notebook_path'])
-        return HTMLResponse(html if token_ok(s, request.headers.get('authorization')) else redact(html))
-
-# %% ../nbs/30_server.ipynb #23496b11
-def add_mutating_routes(app: FastAPI, s: Settings, eng: sa.Engine):
-    "POST /api/build/{model}, GET /api/build_{model} (2018) and POST /api/rollback/{model}; bearer token required."
-    def authorized(request: Request, _=Security(BEARER)): check_token(s, request.headers.get('authorization'))
-    def known(model: str) -> str:
-        if model not in s.known_models(): raise UnknownModelError(f'unknown model {model!r}: no training notebook nbs/train/{model}.ipynb')
-        return model
-    guarded = dict(dependencies=[Depends(authorized)], responses={401: E401, 403: E403, 404: E404, 422: E422})
-    ModelPath = model_path(s.known_models())
-
-    def build(model: str) -> JSON:
-        with eng.begin() as c: run_id, status = builds.request_build(c, known(model), 'http', reason='HTTP API')
-        return JSON(dict(model=model, run_id=run_id, status=status), 202)
-
-    @app.post('/api/build/{model}', status_code=202, summary='Request a build', response_model=BuildRequested, **guarded)
-    def build_post(model: ModelPath): return build(model)
-
-    @app.get('/api/build_{model}', status_code=202, summary='Request a build (the 2018 route)', response_model=BuildRequested, **guarded)
-    def build_2018(model: ModelPath): return build(model)
-
-    @app.post('/api/rollback/{model}', summary='Restore the previous champion', response_model=RolledBack,
-              **{**guarded, 'responses': {**guarded['responses'], 409: _e('no earlier champion to roll back to')}})
-    def rollback(model: ModelPath):
-        try: v, old = builds.rollback_model(s, known(model), eng, reason='HTTP API')
-        except NoChampionError as e: return JSON({'error': redact(str(e))}, 409)
-        return JSON(dict(model=model, version=v.version, uuid=v.uuid, replaced=old))
-
-# %% ../nbs/30_server.ipynb #34aa11bc
+# %% ../nbs/30_server.ipynb #fa37954b
 def uvicorn_options() -> dict:
     "uvicorn settings of `streamml serve` (the benchmark's constant server uses the same): quiet, no access log."
     return dict(log_level='warning', access_log=False, server_header=False)
