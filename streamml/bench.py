@@ -17,7 +17,7 @@ BENCHES = {  # name -> module holding bench_<name>
     'build': 'streamml.bench_build',
     'reproduce': 'streamml.bench_reproduce',
     'predict': 'streamml.bench_predict',
-    'http': 'streamml.server',
+    'http': 'streamml.bench_http',
     'swap': 'streamml.bench_predict',
     'hostile': 'streamml.bench_hostile',
     'scale': 'streamml.bench_scale',

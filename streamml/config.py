@@ -231,7 +231,7 @@ def child_env(s: Settings,          # settings to hand on
     for f in fields(Topics): env[f'STREAMML_{f.name.upper()}'] = getattr(s.topics, f.name)
     return env
 
-# %% ../nbs/00_config.ipynb #4f1b87f1
+# %% ../nbs/00_config.ipynb #71a44b9a
 def read_properties(path: Path # a Java `.properties` file (Kafka Connect's sink files in `config/`)
                    ) -> dict:
     "The `key=value` (or `key: value`) pairs of a properties file, without comments and blank lines."
