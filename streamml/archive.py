@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 import sqlalchemy as sa
 from fastcore.basics import patch
-from .config import Settings, Topics, make_producer
+from .config import Settings, Topics, make_producer, read_properties
 from .db import make_engine, init_db, utcnow, dead_letters, secret
 from .errors import ConfigError, ValidationError
 from .records import Archived, Coords, parse_archive_line, replay_headers
@@ -17,23 +17,11 @@ from .records import Archived, Coords, parse_archive_line, replay_headers
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'SINK_FILES', 'read_properties', 'SinkSpec', 'sink_spec', 'repair_tail', 'RotatingFile', 'archive_files',
-           'BadLine', 'read_archives', 'parse_time', 'in_window', 'replay', 'recent_dead_letters', 'resend_target',
+__all__ = ['log', 'SINK_FILES', 'SinkSpec', 'sink_spec', 'repair_tail', 'RotatingFile', 'archive_files', 'BadLine',
+           'read_archives', 'parse_time', 'in_window', 'replay', 'recent_dead_letters', 'resend_target',
            'resend_dead_letters', 'args_replay', 'cmd_replay', 'args_deadletters', 'cmd_deadletters']
 
 # %% ../nbs/20_archive.ipynb #a6056a05
-def read_properties(path: Path # a Java .properties file
-                   ) -> dict:
-    "The `key=value` (or `key: value`) pairs of a properties file, without comments."
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line[0] in '#!': continue
-        i = min((j for j in (line.find('='), line.find(':')) if j >= 0), default=-1)
-        if i < 0: out[line] = ''; continue
-        out[line[:i].strip()] = line[i + 1:].strip()
-    return out
-
 SINK_FILES = {'events': 'connect-file-sink-events.properties',      # every event, one per line
               'training': 'connect-file-sink-training.properties'}  # validated training CSV rows
 

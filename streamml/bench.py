@@ -14,11 +14,14 @@ __all__ = ['BENCHES', 'run_bench', 'args_bench', 'cmd_bench']
 # %% ../nbs/90_bench.ipynb #a0dfac80
 BENCHES = {  # name -> module holding bench_<name>
     'ingest': 'streamml.bench_ingest',
-    'build': 'streamml.builds',
+    'build': 'streamml.bench_build',
+    'reproduce': 'streamml.bench_reproduce',
     'predict': 'streamml.bench_predict',
-    'http': 'streamml.server',
+    'http': 'streamml.bench_http',
     'swap': 'streamml.bench_predict',
     'start': 'streamml.bench_start',
+    'hostile': 'streamml.bench_hostile',
+    'scale': 'streamml.bench_scale',
 }
 
 # %% ../nbs/90_bench.ipynb #0fa4b573

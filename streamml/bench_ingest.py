@@ -44,7 +44,7 @@ def bench_champions(s: Settings,  # settings (home for the artifacts)
     import numpy as np
     from sklearn.neural_network import MLPClassifier
     from sklearn.tree import DecisionTreeClassifier
-    from streamml.registry import save_version, tree_from_sklearn, linear_arrays
+    from streamml.registry import save_version, Trained, tree_from_sklearn, linear_arrays
     h = len(X) // 2
     mean, scale = X.mean(axis=0), X.std(axis=0) + 1e-7
     mlp = MLPClassifier((32, 32), activation='tanh', max_iter=50, random_state=0).fit((X[:h] - mean) / scale, y[:h])
@@ -53,12 +53,9 @@ def bench_champions(s: Settings,  # settings (home for the artifacts)
     dtr = DecisionTreeClassifier(max_depth=8, random_state=0).fit(X[:h], y[:h])
     slope, intercept = np.polyfit(X[:h, 0], X[:h, 1], 1)
     hold = (X[h:], y[h:])
-    return [save_version(s, 'mlp', task='classification', serving=dense, metric_name='accuracy',
-                         metrics={'accuracy': mlp.score((X[h:] - mean) / scale, y[h:])}, holdout=hold),
-            save_version(s, 'dtr', task='classification', serving=tree_from_sklearn(dtr), metric_name='accuracy',
-                         metrics={'accuracy': dtr.score(X[h:], y[h:])}, holdout=hold),
-            save_version(s, 'slr', task='regression', serving=linear_arrays(slope, intercept), metric_name='r2',
-                         metrics={'r2': 0.0}, holdout=(X[h:, :1], X[h:, 1]))]
+    return [save_version(s, 'mlp', Trained(task='classification', serving=dense, metric_name='accuracy', metrics={'accuracy': mlp.score((X[h:] - mean) / scale, y[h:])}, holdout=hold)),
+            save_version(s, 'dtr', Trained(task='classification', serving=tree_from_sklearn(dtr), metric_name='accuracy', metrics={'accuracy': dtr.score(X[h:], y[h:])}, holdout=hold)),
+            save_version(s, 'slr', Trained(task='regression', serving=linear_arrays(slope, intercept), metric_name='r2', metrics={'r2': 0.0}, holdout=(X[h:, :1], X[h:, 1])))]
 
 def crown(url: str,       # database of one bench run
           versions: list  # versions to make champions

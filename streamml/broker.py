@@ -177,10 +177,10 @@ def args_broker(p):
 
 def cmd_broker(args, s: Settings) -> int:
     "Run the embedded broker (or, with `--engine kafka`, an Apache Kafka cluster) in the foreground until SIGTERM/SIGINT."
-    stop = StopFlag().install()   # first: a signal during the start stops it too
-    if args.engine == 'kafka': return kafka_broker(args, s, stop)
-    if args.nodes != 1 or args.scram or args.data or args.fetch_only:
+    if args.engine != 'kafka' and (args.nodes != 1 or args.scram or args.data or args.fetch_only):
         raise ConfigError('--nodes, --scram, --data and --fetch-only need --engine kafka')
+    stop = StopFlag().install()   # before anything starts: a signal during the start stops it too
+    if args.engine == 'kafka': return kafka_broker(args, s, stop)
     b = EmbeddedBroker(args.port, args.host).start()
     print(f'broker listening on {b.bootstrap} (cluster id {b.cluster_id}); Ctrl-C stops it', flush=True)
     try:

@@ -13,7 +13,7 @@ from .errors import ConfigError
 # %% auto #0
 __all__ = ['KAFKA_PROFILES', 'MODEL_NAME', 'Topics', 'find_project_root', 'Settings', 'validate', 'pointer_file', 'running_up',
            'load_settings', 'kafka_config', 'make_producer', 'make_consumer', 'make_admin', 'consumer_lag', 'child_env',
-           'ensure_home', 'log_setup']
+           'read_properties', 'ensure_home', 'log_setup']
 
 # %% ../nbs/00_config.ipynb #e4ad2e92
 @dataclass(frozen=True)
@@ -230,6 +230,18 @@ def child_env(s: Settings,          # settings to hand on
     if s.kafka_config_path: env['STREAMML_KAFKA_CONFIG'] = s.kafka_config_path
     for f in fields(Topics): env[f'STREAMML_{f.name.upper()}'] = getattr(s.topics, f.name)
     return env
+
+# %% ../nbs/00_config.ipynb #71a44b9a
+def read_properties(path: Path # a Java `.properties` file (Kafka Connect's sink files in `config/`)
+                   ) -> dict:
+    "The `key=value` (or `key: value`) pairs of a properties file, without comments and blank lines."
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line[0] in '#!': continue
+        i = min((j for j in (line.find('='), line.find(':')) if j >= 0), default=len(line))
+        out[line[:i].strip()] = line[i + 1:].strip()
+    return out
 
 # %% ../nbs/00_config.ipynb #b8eea9f0
 def ensure_home(s: Settings # settings whose home to create

@@ -8,26 +8,14 @@ import json, logging, time, urllib.error, urllib.request
 from pathlib import Path
 from fastcore.basics import patch
 from .procs import free_port, terminate
+from .config import read_properties
 from .jvm import KafkaJars, fetch_jars, java_cmd, spawn, write_properties, SCRAM_USER, _tail
 from .errors import BrokerError, ConfigError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'STRING_CONVERTER', 'read_properties', 'scram_properties', 'worker_properties', 'sink_properties',
-           'ConnectStandalone', 'running']
-
-# %% ../nbs/08_connect.ipynb #6f5e2f0b
-def read_properties(path: str|Path # a Java `.properties` file
-                   ) -> dict:
-    "The `key=value` pairs of a `.properties` file (comments and blank lines skipped; `key: value` accepted)."
-    props = {}
-    for line in Path(path).read_text().splitlines():
-        line = line.strip()
-        if not line or line[0] in '#!': continue
-        cut = min((i for i in (line.find('='), line.find(':')) if i >= 0), default=len(line))
-        props[line[:cut].strip()] = line[cut + 1:].strip()
-    return props
+__all__ = ['log', 'STRING_CONVERTER', 'scram_properties', 'worker_properties', 'sink_properties', 'ConnectStandalone', 'running']
 
 # %% ../nbs/08_connect.ipynb #43b375ac
 STRING_CONVERTER = 'org.apache.kafka.connect.storage.StringConverter'

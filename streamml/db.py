@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'BigId', 'UTCTime', 'metadata', 'training_log', 'linear_model', 'training_data', 'consumer_offsets',
            'model_versions', 'champions', 'champion_history', 'runs', 'build_locks', 'live_accuracy', 'event_counters',
-           'dead_letters', 'secrets', 'utcnow', 'make_engine', 'init_db', 'insert_rows', 'insert_ignore', 'upsert',
-           'increment', 'minute', 'secret', 'mysql_ddl', 'schema_file', 'args_db', 'cmd_db']
+           'dead_letters', 'artifacts', 'artifact_chunks', 'secrets', 'utcnow', 'make_engine', 'init_db', 'insert_rows',
+           'insert_ignore', 'upsert', 'increment', 'minute', 'secret', 'mysql_ddl', 'schema_file', 'args_db', 'cmd_db']
 
 # %% ../nbs/02_db.ipynb #0d766253
 BigId = BigInteger().with_variant(Integer(), 'sqlite')  # 64-bit auto-increment key, portable
@@ -165,6 +165,21 @@ dead_letters = Table('dead_letters', metadata,
     Column('value', LargeBinary().with_variant(mysql.MEDIUMBLOB(), 'mysql', 'mariadb')),  # original bytes
     Column('created_at', UTCTime, nullable=False),
     Index('ix_dead_letters_created', 'created_at'))
+
+artifacts = Table('artifacts', metadata,                      # a promoted version's files, for hosts that share only the database
+    Column('uuid', String(36), primary_key=True),                # the version's uuid
+    Column('model', String(32), nullable=False),
+    Column('version', String(64), nullable=False),
+    Column('size', BigInteger, nullable=False),                  # bytes of the packed version (a tar)
+    Column('sha256', String(64), nullable=False),                # of the packed version
+    Column('chunks', Integer, nullable=False),                   # rows in artifact_chunks
+    Column('created_at', UTCTime, nullable=False))
+
+artifact_chunks = Table('artifact_chunks', metadata,
+    Column('uuid', String(36), nullable=False),
+    Column('seq', Integer, nullable=False),                      # 0, 1, ... in order
+    Column('data', LargeBinary().with_variant(mysql.MEDIUMBLOB(), 'mysql', 'mariadb'), nullable=False),  # at most 1 MiB
+    PrimaryKeyConstraint('uuid', 'seq', name='pk_artifact_chunks'))
 
 secrets = Table('secrets', metadata,
     Column('name', String(64), primary_key=True),                # e.g. replay_key

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['StreamMLError', 'ConfigError', 'ValidationError', 'SchemaError', 'PayloadTooLarge', 'UnknownModelError',
            'UnknownCommandError', 'ParameterError', 'NoChampionError', 'BuildError', 'AuthError', 'ForbiddenError',
-           'BrokerError', 'StoreError', 'KafkaAuthError']
+           'BrokerError', 'StoreError', 'QueueFullError', 'KafkaAuthError']
 
 # %% ../nbs/00_errors.ipynb #65839c79
 class StreamMLError(Exception):
@@ -60,6 +60,10 @@ class BrokerError(StreamMLError):
 class StoreError(StreamMLError):
     "The database could not be reached or refused a write."
     status = 503
+
+class QueueFullError(ValidationError):
+    "A model already has as many builds waiting as it may (`BuildOptions.max_queued`): try again after one ran."
+    status = 429
 
 class KafkaAuthError(BrokerError):
     "The Kafka cluster refused the client's credentials (SASL authentication failed)."

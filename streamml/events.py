@@ -277,8 +277,7 @@ class EventsMetrics:
 def _parts(s: Settings, o: EventsOptions) -> dict:
     "Every part the processor uses, made once."
     from streamml.broker import cluster_id
-    from streamml.builds import request_build as _rb, BuildWorker
-    request_build = lambda conn, s, cmd, src: _rb(conn, cmd.model, cmd.trigger, cmd.reason, cmd.parameters, src, train_dir=s.train_dir)  # TODO-MERGE-BUILDS
+    from streamml.builds import request_build, BuildWorker
     try: cluster = cluster_id(s)
     except Exception as e: raise BrokerError(f'no Kafka broker answers at {s.bootstrap_servers} ({e}); start one with `streamml broker` or `streamml up`') from None
     engine = make_engine(s); init_db(engine)

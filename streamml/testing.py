@@ -156,7 +156,7 @@ def bench_env(s: Settings,        # the caller's settings (broker, client overri
 
 def bench_model(s: Settings, engine, keras_file: bool=True):
     "Promote a small mlp (3→16→16→11, tanh) as champion; with `keras_file` also save the Keras model beside it (imports TensorFlow)."
-    from streamml.registry import save_version, register_version, set_champion, dense_from_keras
+    from streamml.registry import save_version, Trained, register_version, set_champion, dense_from_keras
     rng = np.random.default_rng(0)
     X = rng.integers(1, 11, size=(256, s.n_features)).astype(float); y = np.round(X.mean(axis=1)).astype(int)
     if keras_file:
@@ -168,8 +168,7 @@ def bench_model(s: Settings, engine, keras_file: bool=True):
                                keras.layers.Dense(16, activation='tanh'), keras.layers.Dense(11, activation='softmax')])
         serving, files = dense_from_keras(km, np.arange(11)), {'model.keras': km.save}
     else: serving, files = random_dense(s.n_features, rng), {}
-    v = save_version(s, 'mlp', task='classification', serving=serving, metric_name='accuracy',
-                     metrics={'accuracy': 0.5}, holdout=(X[:64], y[:64]), files=files)
+    v = save_version(s, 'mlp', Trained(task='classification', serving=serving, metric_name='accuracy', metrics={'accuracy': 0.5}, holdout=(X[:64], y[:64])), files=files)
     with engine.begin() as c: register_version(c, v, 'promoted'); set_champion(c, v)
     return v
 

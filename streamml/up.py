@@ -167,8 +167,13 @@ def _start(args, s: Settings) -> tuple[list[Component], object]:
     engine = make_engine(s)
     _line('database', f'{len(init_db(engine))} tables at {engine.url.render_as_string(hide_password=True)}')
     _line('home', f'{s.home}{"  (demo: its own home and database)" if args.demo else ""}')
+    from streamml.dashboard_launcher import dashboard_token, dashboard_url, TOKEN_VAR
+    token, made = dashboard_token(s)   # off loopback the dashboard needs a token: made here, so its URL can be printed
+    if made: os.environ[TOKEN_VAR] = token
     wanted = None if args.services == 'all' else [x for x in args.services.split(',') if x and x != 'none']
     comps = [start_child(c, s, s.path('logs')) for c in plan(s, args.demo, wanted)]
+    for c in comps:
+        if c.name == 'dashboard' and made: c.url = dashboard_url(s, s.dashboard_port, token)
     for c in comps: _line(c.name, f'running, pid {c.proc.pid}{", " + c.url if c.url else ""}, log {c.log_path}')
     return comps, engine
 

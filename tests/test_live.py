@@ -19,8 +19,8 @@ from conftest import wait_for
 def promote(s, engine, X, y, seed=0):
     "Train a small tree, save it through the registry, make it champion and announce it like the build runner."
     clf = DecisionTreeClassifier(max_depth=6, random_state=seed).fit(X[:300], y[:300])
-    v = registry.save_version(s, 'dtr', task='classification', serving=registry.tree_from_sklearn(clf), metric_name='accuracy',
-                              metrics={'accuracy': float(clf.score(X[300:], y[300:]))}, holdout=(X[300:], y[300:]))
+    v = registry.save_version(s, 'dtr', registry.Trained(task='classification', serving=registry.tree_from_sklearn(clf), metric_name='accuracy',
+                              metrics={'accuracy': float(clf.score(X[300:], y[300:]))}, holdout=(X[300:], y[300:])))
     with engine.begin() as c: registry.register_version(c, v, 'promoted'); registry.set_champion(c, v)
     p = make_producer(s)
     p.send(s.topics.model_update_topic, key=b'dtr', value=model_update('dtr', v.version, v.uuid, 'promote', v.metric)).get(10); p.close()

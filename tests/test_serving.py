@@ -112,7 +112,7 @@ def test_artifact_equals_keras(tmp_path):
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     import keras
     from conftest import settings_for
-    from streamml.registry import save_version, dense_from_keras, load_version
+    from streamml.registry import save_version, Trained, dense_from_keras, load_version
     s = settings_for(tmp_path/'home')
     eng = make_engine(s); init_db(eng)
     rng = np.random.default_rng(0)
@@ -121,8 +121,8 @@ def test_artifact_equals_keras(tmp_path):
     norm = keras.layers.Normalization(); norm.adapt(X)
     km = keras.Sequential([keras.Input((3,)), norm, keras.layers.Dense(16, activation='tanh'),
                            keras.layers.Dense(16, activation='tanh'), keras.layers.Dense(11, activation='softmax')])
-    v = save_version(s, 'mlp', task='classification', serving=dense_from_keras(km, np.arange(11)), metric_name='accuracy',
-                     metrics={'accuracy': 0.5}, holdout=(X[:50], y[:50]), files={'model.keras': km.save})
+    v = save_version(s, 'mlp', Trained(task='classification', serving=dense_from_keras(km, np.arange(11)), metric_name='accuracy',
+                     metrics={'accuracy': 0.5}, holdout=(X[:50], y[:50])), files={'model.keras': km.save})
     promote(s, eng, v, announce=False)
     ch = Champions(s, eng, follow=False); ch.refresh_all()
     p = ch.get('mlp')

@@ -4,7 +4,7 @@ import numpy as np
 from streamml.config import make_producer, make_consumer
 from streamml.procs import StopFlag
 from streamml.db import make_engine, init_db
-from streamml.registry import save_version, register_version, set_champion, tree_from_sklearn, linear_arrays
+from streamml.registry import save_version, Trained, register_version, set_champion, tree_from_sklearn, linear_arrays
 from streamml.messages import model_update
 from streamml.predictions import predictions_runner
 from streamml.testing import random_dense
@@ -14,8 +14,8 @@ def dense_version(s, seed=0, model='mlp'):
     "A real mlp artifact from hand-made dense arrays (no TensorFlow); each seed gives other weights."
     rng = np.random.default_rng(seed)
     X = rng.integers(1, 11, size=(40, s.n_features)).astype(float)
-    return save_version(s, model, task='classification', serving=random_dense(s.n_features, rng), metric_name='accuracy',
-                        metrics={'accuracy': 0.5 + seed / 1000}, holdout=(X, np.zeros(len(X), int)))
+    return save_version(s, model, Trained(task='classification', serving=random_dense(s.n_features, rng), metric_name='accuracy',
+                        metrics={'accuracy': 0.5 + seed / 1000}, holdout=(X, np.zeros(len(X), int))))
 
 def tree_version(s, depth=5):
     "A real dtr artifact from a fitted scikit-learn tree."
@@ -23,14 +23,14 @@ def tree_version(s, depth=5):
     rng = np.random.default_rng(1)
     X = rng.integers(1, 11, size=(200, s.n_features)).astype(float); y = np.round(X.mean(axis=1)).astype(int)
     clf = DecisionTreeClassifier(max_depth=depth, random_state=0).fit(X, y)
-    return save_version(s, 'dtr', task='classification', serving=tree_from_sklearn(clf), metric_name='accuracy',
-                        metrics={'accuracy': float(clf.score(X, y))}, holdout=(X[:30], y[:30])), clf
+    return save_version(s, 'dtr', Trained(task='classification', serving=tree_from_sklearn(clf), metric_name='accuracy',
+                        metrics={'accuracy': float(clf.score(X, y))}, holdout=(X[:30], y[:30]))), clf
 
 def linear_version(s, slope=0.5, intercept=1.0):
     "A real slr artifact."
     X = np.arange(10.).reshape(-1, 1)
-    return save_version(s, 'slr', task='regression', serving=linear_arrays(slope, intercept), metric_name='r2',
-                        metrics={'r2': 0.7}, holdout=(X, slope * X[:, 0] + intercept))
+    return save_version(s, 'slr', Trained(task='regression', serving=linear_arrays(slope, intercept), metric_name='r2',
+                        metrics={'r2': 0.7}, holdout=(X, slope * X[:, 0] + intercept)))
 
 def promote(s, engine, v, announce=True, action='promote'):
     "Make `v` champion in one transaction, then announce it on model_update_topic."
