@@ -39,8 +39,10 @@ class Host:
             argv = {'events': ['events', '--group', 'hosts-events'] + ([] if self.name == 'A' else ['--no-builds']),
                     'predictions': ['predictions', '--group', 'hosts-predictions'],
                     'serve': ['serve', '--port', str(self.port)]}[svc]
-            self.procs[svc] = subprocess.Popen([sys.executable, '-m', 'streamml.cli', *argv], env=self.env, cwd=ROOT,
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.s.home.mkdir(parents=True, exist_ok=True)
+            with open(self.s.home/f'{svc}.log', 'ab') as log:   # read when a wait times out
+                self.procs[svc] = subprocess.Popen([sys.executable, '-m', 'streamml.cli', *argv], env=self.env, cwd=ROOT,
+                                                   stdout=log, stderr=subprocess.STDOUT)
 
     def cli(self, *argv):
         r = subprocess.run([sys.executable, '-m', 'streamml.cli', *argv], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -88,16 +90,17 @@ def test_three_hosts_share_only_kafka_and_the_database(cluster, mariadb_url, tmp
     eng = make_engine(A.s); init_db(eng)
     rows = lambda: eng.connect().execute(sa.select(sa.func.count()).select_from(training_data)).scalar()
     n, produced = 20_000, []
-    def produce():
+    def produce(lo, hi):
         p = make_producer(A.s)
-        for i in range(n):
+        for i in range(lo, hi):
             p.send(topics.event_topic, training_event(f'{i % 10},{(i // 10) % 10},{(i // 7) % 10},{(i * 3 + i // 10) % 11}'))
-            if i % 500 == 499: p.flush(); time.sleep(0.25)   # a stream over ~10 s, not a readiness wait
-        p.flush(); p.close(); produced.append(n)
+            if i % 500 == 499: p.flush(); time.sleep(0.25)   # a stream over ~5 s per half, not a readiness wait
+        p.flush(); p.close(); produced.append(hi)
+    feed = lambda lo, hi: threading.Thread(target=produce, args=(lo, hi), daemon=True).start()
     try:
         A.start('events'); B.start('events', 'predictions', 'serve'); C.start('events', 'predictions', 'serve')
-        feeder = threading.Thread(target=produce, daemon=True); feeder.start()
-        wait_for(lambda: rows() >= 2_000, 120, 'the first rows')
+        feed(0, n // 2)
+        wait_for(lambda: rows() >= n // 2, 120, 'the first half of the rows')
         A.cli('build', 'dtr')
         champ = lambda: eng.connect().execute(sa.select(champions.c.version).where(champions.c.model == 'dtr')).scalar()
         v1 = wait_for(champ, 60, 'a first champion')
@@ -105,13 +108,15 @@ def test_three_hosts_share_only_kafka_and_the_database(cluster, mariadb_url, tmp
         assert (B.s.path('models', 'dtr', v1)/'manifest.json').exists() and (C.s.path('models', 'dtr', v1)/'manifest.json').exists()   # fetched
         with Load(A.s, [B, C]) as load:
             wait_for(lambda: len(load.kafka) >= 50, 60, 'answers under load')
+            feed(n // 2, n)
+            wait_for(lambda: rows() >= n // 2 + 1_000, 120, 'the second half flowing')
             B.kill()                                 # mid-stream, mid-load
             B.start('events', 'predictions', 'serve')
-            A.cli('build', 'dtr')
-            v2 = wait_for(lambda: champ() if champ() != v1 else None, 120, 'the second champion')
+            wait_for(lambda: len(produced) == 2 and rows() >= n, 300, f'{n} rows')
+            A.cli('build', 'dtr')                    # new rows: a new version (same rows would be 'unchanged')
+            v2 = wait_for(lambda: champ() if champ() != v1 else None, 180, 'the second champion')
             A.cli('rollback', 'dtr')
             wait_for(lambda: champ() == v1, 30, 'the rollback')
-            wait_for(lambda: produced and rows() >= n, 300, f'{n} rows')
             wait_for(lambda: B.serving().get('dtr') == v1 and C.serving().get('dtr') == v1, 120, 'B and C on the final champion')
         with eng.connect() as c:
             dup = c.execute(sa.select(sa.func.count()).select_from(sa.select(training_data.c.source_partition, training_data.c.source_offset)
@@ -127,4 +132,5 @@ def test_three_hosts_share_only_kafka_and_the_database(cluster, mariadb_url, tmp
         print(json.dumps(dict(test='three hosts', rows=rows(), requests=len(load.sent), http=len(load.http), versions=sorted(kafka_versions))))
     finally:
         for h in (A, B, C): h.stop()
+        for log in sorted(tmp_path.glob('*/*.log')): print(f'--- {log}', *log.read_text(errors='replace').splitlines()[-15:], sep='\n')   # shown on failure
         eng.dispose()
