@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt, html, io, json, logging, os, tempfile
 from pathlib import Path
 import sqlalchemy as sa
+from fastcore.basics import patch
 from .config import Settings, load_settings
 from . import db as D
 
@@ -15,13 +16,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'STATUS_STYLE', 'EMPTY_HTML', 'read_drifts', 'snapshot', 'fingerprint', 'is_empty', 'png', 'plot_holdout',
            'plot_live', 'plot_events', 'html_table', 'champion_table', 'runs_table', 'dead_letter_table', 'Dashboard',
-           'refresh', 'page_settings', 'example_fill']
+           'page_settings', 'example_fill']
 
 # %% ../nbs/50_dashboard.ipynb #6bf03ea8
-def _rows(conn, q) -> list[dict]:
-    "Rows of a query as dicts."
-    return [dict(r) for r in conn.execute(q).mappings()]
-
 def read_drifts(s: Settings) -> list[dict]:
     "The demo stream's known drift points (`$STREAMML_HOME/demo/drifts.jsonl`), oldest first."
     f = s.path('demo', 'drifts.jsonl')
@@ -33,6 +30,10 @@ def read_drifts(s: Settings) -> list[dict]:
     return out
 
 # %% ../nbs/50_dashboard.ipynb #aae6685f
+def _rows(conn, q) -> list[dict]:
+    "Rows of a query as dicts."
+    return [dict(r) for r in conn.execute(q).mappings()]
+
 def snapshot(conn,                      # SQLAlchemy connection
              hours: float=6.0,          # how far back the time series go
              now: dt.datetime|None=None # UTC now (default: the clock)
@@ -59,6 +60,7 @@ def snapshot(conn,                      # SQLAlchemy connection
                                 .group_by(sa.func.substr(dl.c.error, 1, 80)).order_by(sa.func.count().desc()).limit(5))
     return out
 
+# %% ../nbs/50_dashboard.ipynb #9ab5099c
 def fingerprint(conn) -> tuple:
     "A cheap summary that changes whenever anything the page shows changes."
     f = lambda q: tuple(conn.execute(q).one())
@@ -68,6 +70,7 @@ def fingerprint(conn) -> tuple:
             f(sa.select(sa.func.count()).select_from(D.model_versions)), f(sa.select(sa.func.count()).select_from(D.champion_history)),
             f(sa.select(sa.func.sum(D.event_counters.c.n))), f(sa.select(sa.func.count()).select_from(D.dead_letters)))
 
+# %% ../nbs/50_dashboard.ipynb #82e36d16
 def is_empty(snap: dict) -> bool:
     "True when the database holds nothing the page could show."
     return not any(snap[k] for k in ('versions', 'live', 'runs', 'counters')) and not snap['dead_total']
@@ -90,6 +93,7 @@ def _time_span(ax, times: list, snap: dict):
     "Show from a minute before the first point to a minute after now (not the locator's default years)."
     if times: ax.set_xlim(min(times) - dt.timedelta(minutes=1), max(max(times), snap['now']) + dt.timedelta(minutes=1))
 
+# %% ../nbs/50_dashboard.ipynb #9edc617d
 def png(fig) -> bytes:
     "The figure as PNG bytes."
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=80); return buf.getvalue()
@@ -174,6 +178,7 @@ def _t(v) -> str:
     if isinstance(v, dt.datetime): return v.strftime('%Y-%m-%d %H:%M:%S')
     return html.escape(str(v))
 
+# %% ../nbs/50_dashboard.ipynb #58999dc4
 def html_table(cls: str,            # CSS class (the tests find tables by it)
                head: list[str],     # column titles
                rows: list[list[str]],  # cells, already HTML
@@ -187,16 +192,19 @@ def html_table(cls: str,            # CSS class (the tests find tables by it)
 
 # %% ../nbs/50_dashboard.ipynb #7d2aaaeb
 def champion_table(snap: dict, conn=None, window_minutes: int=10) -> str:
-    "Champions: version, holdout metric, since when, and rolling live accuracy over `window_minutes`."
+    "Champions: version, holdout metric, since when, and rolling live accuracy (slr: RMSE) over `window_minutes`."
     from streamml.scoring import rolling_accuracy
     rows = []
     for c in snap['champions']:
         ra = rolling_accuracy(conn, c['model'], window_minutes, version=c['version']) if conn is not None else {'n': 0}
-        live = f'{ra["accuracy"]:.3f} ({ra["n"]} rows)' if ra.get('n') else 'no rows yet'
+        if not ra.get('n'): live = 'no rows yet'
+        elif c['metric_name'] == 'r2': live = f'RMSE {ra["rmse"]:.3f} ({ra["n"]} rows)'   # slr, as `plot_live` shows it
+        else: live = f'{ra["accuracy"]:.3f} ({ra["n"]} rows)'
         rows.append([f'<b>{_t(c["model"])}</b>', _t(c['version']), f'{_t(c["metric_name"])} {_t(c["metric"])}', live, _t(c['since'])])
     return html_table('streamml-champions', ['model', 'champion version', 'holdout', f'live accuracy, last {window_minutes} min', 'since (UTC)'],
                       rows, 'no champion yet')
 
+# %% ../nbs/50_dashboard.ipynb #7fccf038
 def runs_table(snap: dict, base_url: str) -> str:
     "The most recent runs, each linking to its executed notebook."
     rows = []
@@ -208,6 +216,7 @@ def runs_table(snap: dict, base_url: str) -> str:
     return html_table('streamml-runs', ['run', 'model', 'trigger', 'status', 'requested (UTC)', 'took', 'version', 'reason / error'],
                       rows, 'no runs yet')
 
+# %% ../nbs/50_dashboard.ipynb #b8ebbb3c
 def dead_letter_table(snap: dict) -> str:
     "Dead-letter counts and the most frequent reasons."
     rows = [[_t(d['error']), _t(d['n'])] for d in snap['dead_reasons']]
@@ -252,8 +261,17 @@ class Dashboard:
                               W.HTML('<h3>Holdout accuracy per version</h3>'), self.holdout, W.HTML('<h3>Recent runs</h3>'), self.runs,
                               W.HTML('<h3>Events and dead letters</h3>'), self.events, self.dead])
 
+# %% ../nbs/50_dashboard.ipynb #282e8d6b
+@patch
+def _viewed(self: Dashboard, change):
+    "A browser started (or stopped) showing the page: start its ticking and redraw."
+    if change['new'] and not self.tick.playing:
+        self.tick.playing = True
+        self.refresh()
+
 # %% ../nbs/50_dashboard.ipynb #6db3ef26
-def refresh(self, force: bool=False # redraw even when nothing changed
+@patch
+def refresh(self: Dashboard, force: bool=False # redraw even when nothing changed
            ) -> bool:
     "Redraw the page if the database changed since the last redraw; True when it redrew."
     now = D.utcnow()
@@ -277,14 +295,6 @@ def refresh(self, force: bool=False # redraw even when nothing changed
     self.last, self.refreshes = fp, self.refreshes + 1
     self.status.value = f'<span style="color:gray">updated {now:%H:%M:%S} UTC; refreshes itself every {self.tick.interval // 1000} s</span>'
     return True
-
-def _viewed(self, change):
-    "A browser started (or stopped) showing the page: start its ticking and redraw."
-    if change['new'] and not self.tick.playing:
-        self.tick.playing = True
-        self.refresh()
-
-Dashboard.refresh, Dashboard._viewed = refresh, _viewed
 
 # %% ../nbs/50_dashboard.ipynb #4dad9c9f
 def page_settings(env: dict|None=None # environment (default: os.environ)
