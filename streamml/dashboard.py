@@ -29,19 +29,27 @@ def read_drifts(s: Settings) -> list[dict]:
         except (ValueError, KeyError): continue
     return out
 
-# %% ../nbs/50_dashboard.ipynb #aae6685f
+# %% ../nbs/50_dashboard.ipynb #d6759293
 def _rows(conn, q) -> list[dict]:
     "Rows of a query as dicts."
     return [dict(r) for r in conn.execute(q).mappings()]
 
+def _dead_letter_counts(conn, now: dt.datetime) -> dict:
+    "Dead letters in total and in the hour before `now`, and the five most frequent reasons (their first 80 characters)."
+    dl, reason = D.dead_letters, sa.func.substr(D.dead_letters.c.error, 1, 80)
+    return dict(dead_total=conn.execute(sa.select(sa.func.count()).select_from(dl)).scalar(),
+                dead_hour=conn.execute(sa.select(sa.func.count()).select_from(dl).where(dl.c.created_at >= now - dt.timedelta(hours=1))).scalar(),
+                dead_reasons=_rows(conn, sa.select(reason.label('error'), sa.func.count().label('n')).group_by(reason)
+                                   .order_by(sa.func.count().desc()).limit(5)))
+
+# %% ../nbs/50_dashboard.ipynb #aae6685f
 def snapshot(conn,                      # SQLAlchemy connection
              hours: float=6.0,          # how far back the time series go
              now: dt.datetime|None=None # UTC now (default: the clock)
             ) -> dict:
     "Everything the page draws: versions, champions, live, markers, runs, counters, dead letters."
     since = (now or D.utcnow()) - dt.timedelta(hours=hours)
-    mv, ch, la, r, h, ec, dl = (D.model_versions, D.champions, D.live_accuracy, D.runs, D.champion_history,
-                                D.event_counters, D.dead_letters)
+    mv, ch, la, r, h, ec = D.model_versions, D.champions, D.live_accuracy, D.runs, D.champion_history, D.event_counters
     out = dict(since=since, now=now or D.utcnow())
     out['versions'] = _rows(conn, sa.select(mv.c.model, mv.c.version, mv.c.status, mv.c.metric_name, mv.c.metric, mv.c.created_at,
                                             mv.c.reason).order_by(mv.c.created_at))
@@ -53,12 +61,7 @@ def snapshot(conn,                      # SQLAlchemy connection
                               .where(r.c.trigger == 'drift', r.c.requested_at >= since).order_by(r.c.requested_at))
     out['runs'] = _rows(conn, sa.select(r).order_by(r.c.requested_at.desc()).limit(15))
     out['counters'] = _rows(conn, sa.select(ec).where(ec.c.bucket >= since).order_by(ec.c.bucket))
-    hour_ago = out['now'] - dt.timedelta(hours=1)
-    out['dead_total'] = conn.execute(sa.select(sa.func.count()).select_from(dl)).scalar()
-    out['dead_hour'] = conn.execute(sa.select(sa.func.count()).select_from(dl).where(dl.c.created_at >= hour_ago)).scalar()
-    out['dead_reasons'] = _rows(conn, sa.select(sa.func.substr(dl.c.error, 1, 80).label('error'), sa.func.count().label('n'))
-                                .group_by(sa.func.substr(dl.c.error, 1, 80)).order_by(sa.func.count().desc()).limit(5))
-    return out
+    return {**out, **_dead_letter_counts(conn, out['now'])}
 
 # %% ../nbs/50_dashboard.ipynb #9ab5099c
 def fingerprint(conn) -> tuple:
@@ -308,6 +311,19 @@ def page_settings(env: dict|None=None # environment (default: os.environ)
     D.init_db(D.make_engine(s))   # a new database shows the empty state rather than an error
     return s
 
+# %% ../nbs/50_dashboard.ipynb #657af5bf
+def _example_versions(s: Settings, seed: int=0) -> tuple:
+    "Two saved dtr versions (a tree fitted on the stream's first regime, and one whose holdout is 0.2) and the stream's 800 rows."
+    from sklearn.tree import DecisionTreeClassifier
+    from streamml import registry
+    from streamml.data import drifting
+    from streamml.messages import TrainingRow
+    X, y, starts = drifting([('agree', 400), ('contrary', 400)], seed=seed)
+    clf = DecisionTreeClassifier(max_depth=6, random_state=0).fit(X[:300], y[:300])
+    mk = lambda m: registry.save_version(s, 'dtr', registry.Trained(task='classification', serving=registry.tree_from_sklearn(clf), metric_name='accuracy',
+                                         metrics={'accuracy': m}, holdout=(X[300:400], y[300:400])))
+    return mk(float(clf.score(X[300:400], y[300:400]))), mk(0.2), [TrainingRow(tuple(map(float, x)), float(l)) for x, l in zip(X, y)]
+
 # %% ../nbs/50_dashboard.ipynb #fba236fb
 def example_fill(s: Settings,        # settings (home for the artifacts)
                  engine: sa.Engine,  # database to fill
@@ -315,16 +331,8 @@ def example_fill(s: Settings,        # settings (home for the artifacts)
                 ) -> dict:
     "Fill a database with a small but complete story (versions, champion, live scores, runs, counters, a dead letter)."
     import uuid
-    from sklearn.tree import DecisionTreeClassifier
     from streamml import registry, scoring
-    from streamml.data import drifting
-    from streamml.messages import TrainingRow
-    X, y, starts = drifting([('agree', 400), ('contrary', 400)], seed=seed)
-    clf = DecisionTreeClassifier(max_depth=6, random_state=0).fit(X[:300], y[:300])
-    mk = lambda m: registry.save_version(s, 'dtr', registry.Trained(task='classification', serving=registry.tree_from_sklearn(clf), metric_name='accuracy',
-                                         metrics={'accuracy': m}, holdout=(X[300:400], y[300:400])))
-    v1, v2 = mk(float(clf.score(X[300:400], y[300:400]))), mk(0.2)
-    rows = [TrainingRow(tuple(map(float, x)), float(l)) for x, l in zip(X, y)]
+    v1, v2, rows = _example_versions(s, seed)
     now, runs = D.minute(), []
     with engine.begin() as c:
         registry.register_version(c, v1, 'promoted'); registry.set_champion(c, v1)
