@@ -34,6 +34,7 @@ def constant_app(s: Settings # settings (the body size limit)
     async def health(): return JSON({'status': 'ok'})
     return app
 
+# %% ../nbs/93_bench_http.ipynb #4f2317cd
 def constant_from_env() -> FastAPI:
     "The constant app of one `--workers` worker process."
     return constant_app(load_settings())
@@ -59,6 +60,7 @@ def _child(s: Settings, argv: list[str]) -> subprocess.Popen:
     if s.api_token: env['STREAMML_API_TOKEN'] = s.api_token
     return subprocess.Popen([sys.executable, *argv], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
+# %% ../nbs/93_bench_http.ipynb #12c98ef2
 def start_server(s: Settings, port: int, *extra: str) -> subprocess.Popen:
     "A `streamml serve --port <port> <extra>` child process with the settings (and their token) in its environment."
     return _child(s, ['-m', 'streamml.cli', 'serve', '--port', str(port), *extra])
@@ -67,6 +69,7 @@ def start_constant(s: Settings, port: int, workers: int=1) -> subprocess.Popen:
     "The constant baseline server as a child process."
     return _child(s, ['-m', 'streamml.bench_http', '--port', str(port), '--workers', str(workers)])
 
+# %% ../nbs/93_bench_http.ipynb #6d6e2f50
 def wait_http(url: str, proc=None, timeout: float=60.0, status: int=200) -> None:
     "Poll `url` until it answers `status` (or raise, with the server's output if it died)."
     import httpx
@@ -93,6 +96,7 @@ def parse_wrk(text: str) -> dict:
     return dict(throughput=float(re.search(r'Requests/sec:\s+([\d.]+)', text).group(1)), p50_ms=lat(50), p99_ms=lat(99),
                 n=int(n.group(1)) if n else None, failed=(int(bad.group(1)) if bad else 0) + (sum(map(int, err.groups())) if err else 0))
 
+# %% ../nbs/93_bench_http.ipynb #6be99261
 def post_script(folder: Path, n_features: int) -> Path:
     "A wrk Lua script that POSTs one mlp row of `n_features` values as JSON."
     lua = folder/'post.lua'
@@ -100,6 +104,7 @@ def post_script(folder: Path, n_features: int) -> Path:
                    f'wrk.body = \'{{"model":"mlp","payload":"{",".join(["3"] * n_features)}"}}\'\n')
     return lua
 
+# %% ../nbs/93_bench_http.ipynb #322dcdf8
 def run_wrk(wrk: str, lua: Path, port: int, seconds: int, connections: int=8, threads: int=2) -> dict:
     "One wrk run against POST /predict on `port`."
     r = subprocess.run([wrk, f'-t{threads}', f'-c{connections}', f'-d{seconds}s', '--latency', '-s', str(lua),
@@ -114,6 +119,7 @@ def cpu_seconds(proc: subprocess.Popen) -> float:
     ps = psutil.Process(proc.pid)
     return sum(sum(p.cpu_times()[:2]) for p in (ps, *ps.children(recursive=True)))
 
+# %% ../nbs/93_bench_http.ipynb #cfd536c1
 def start_systems(b: Settings, workers: int,
                   out: dict  # filled with `{(system, workers): (port, process)}` as they start
                  ) -> dict:
@@ -126,6 +132,7 @@ def start_systems(b: Settings, workers: int,
     for port, proc in out.values(): wait_http(f'http://127.0.0.1:{port}/health', proc)
     return out
 
+# %% ../nbs/93_bench_http.ipynb #bf4cf1d8
 def measure(wrk: str, lua: Path, procs: dict, a) -> dict:
     "A warm-up run per server, then `a.rounds` alternating rounds; `{key: [wrk result with cpu_s]}`."
     runs, order = {k: [] for k in procs}, list(procs)
@@ -147,6 +154,7 @@ def summary(rs: list[dict], seconds: int) -> dict:
                 failed=sum(r['failed'] for r in rs), p50_ms=float(np.median([r['p50_ms'] for r in rs])),
                 p99_ms=float(np.median([r['p99_ms'] for r in rs])), rounds=len(rs))
 
+# %% ../nbs/93_bench_http.ipynb #71851298
 def result_lines(runs: dict, a) -> list[dict]:
     "Two result lines per worker count: streamml, then constant with the ratios."
     from streamml.testing import result
@@ -160,6 +168,7 @@ def result_lines(runs: dict, a) -> list[dict]:
                        cpu_ratio=co['cpu_us_per_request'] / max(st['cpu_us_per_request'], 1e-9))]
     return out
 
+# %% ../nbs/93_bench_http.ipynb #1e910b59
 def bench_http(s: Settings, argv: list[str]) -> list[dict]:
     "wrk against POST /predict of `streamml serve` and of the constant baseline (and both with `--workers`)."
     from streamml.procs import terminate

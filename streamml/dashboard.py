@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt, html, io, json, logging, os, tempfile
 from pathlib import Path
 import sqlalchemy as sa
+from fastcore.basics import patch
 from .config import Settings, load_settings
 from . import db as D
 
@@ -15,13 +16,9 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'STATUS_STYLE', 'EMPTY_HTML', 'read_drifts', 'snapshot', 'fingerprint', 'is_empty', 'png', 'plot_holdout',
            'plot_live', 'plot_events', 'html_table', 'champion_table', 'runs_table', 'dead_letter_table', 'Dashboard',
-           'refresh', 'page_settings', 'example_fill']
+           'page_settings', 'example_fill']
 
 # %% ../nbs/50_dashboard.ipynb #6bf03ea8
-def _rows(conn, q) -> list[dict]:
-    "Rows of a query as dicts."
-    return [dict(r) for r in conn.execute(q).mappings()]
-
 def read_drifts(s: Settings) -> list[dict]:
     "The demo stream's known drift points (`$STREAMML_HOME/demo/drifts.jsonl`), oldest first."
     f = s.path('demo', 'drifts.jsonl')
@@ -32,6 +29,19 @@ def read_drifts(s: Settings) -> list[dict]:
         except (ValueError, KeyError): continue
     return out
 
+# %% ../nbs/50_dashboard.ipynb #d6759293
+def _rows(conn, q) -> list[dict]:
+    "Rows of a query as dicts."
+    return [dict(r) for r in conn.execute(q).mappings()]
+
+def _dead_letter_counts(conn, now: dt.datetime) -> dict:
+    "Dead letters in total and in the hour before `now`, and the five most frequent reasons (their first 80 characters)."
+    dl, reason = D.dead_letters, sa.func.substr(D.dead_letters.c.error, 1, 80)
+    return dict(dead_total=conn.execute(sa.select(sa.func.count()).select_from(dl)).scalar(),
+                dead_hour=conn.execute(sa.select(sa.func.count()).select_from(dl).where(dl.c.created_at >= now - dt.timedelta(hours=1))).scalar(),
+                dead_reasons=_rows(conn, sa.select(reason.label('error'), sa.func.count().label('n')).group_by(reason)
+                                   .order_by(sa.func.count().desc()).limit(5)))
+
 # %% ../nbs/50_dashboard.ipynb #aae6685f
 def snapshot(conn,                      # SQLAlchemy connection
              hours: float=6.0,          # how far back the time series go
@@ -39,8 +49,7 @@ def snapshot(conn,                      # SQLAlchemy connection
             ) -> dict:
     "Everything the page draws: versions, champions, live, markers, runs, counters, dead letters."
     since = (now or D.utcnow()) - dt.timedelta(hours=hours)
-    mv, ch, la, r, h, ec, dl = (D.model_versions, D.champions, D.live_accuracy, D.runs, D.champion_history,
-                                D.event_counters, D.dead_letters)
+    mv, ch, la, r, h, ec = D.model_versions, D.champions, D.live_accuracy, D.runs, D.champion_history, D.event_counters
     out = dict(since=since, now=now or D.utcnow())
     out['versions'] = _rows(conn, sa.select(mv.c.model, mv.c.version, mv.c.status, mv.c.metric_name, mv.c.metric, mv.c.created_at,
                                             mv.c.reason).order_by(mv.c.created_at))
@@ -52,13 +61,9 @@ def snapshot(conn,                      # SQLAlchemy connection
                               .where(r.c.trigger == 'drift', r.c.requested_at >= since).order_by(r.c.requested_at))
     out['runs'] = _rows(conn, sa.select(r).order_by(r.c.requested_at.desc()).limit(15))
     out['counters'] = _rows(conn, sa.select(ec).where(ec.c.bucket >= since).order_by(ec.c.bucket))
-    hour_ago = out['now'] - dt.timedelta(hours=1)
-    out['dead_total'] = conn.execute(sa.select(sa.func.count()).select_from(dl)).scalar()
-    out['dead_hour'] = conn.execute(sa.select(sa.func.count()).select_from(dl).where(dl.c.created_at >= hour_ago)).scalar()
-    out['dead_reasons'] = _rows(conn, sa.select(sa.func.substr(dl.c.error, 1, 80).label('error'), sa.func.count().label('n'))
-                                .group_by(sa.func.substr(dl.c.error, 1, 80)).order_by(sa.func.count().desc()).limit(5))
-    return out
+    return {**out, **_dead_letter_counts(conn, out['now'])}
 
+# %% ../nbs/50_dashboard.ipynb #9ab5099c
 def fingerprint(conn) -> tuple:
     "A cheap summary that changes whenever anything the page shows changes."
     f = lambda q: tuple(conn.execute(q).one())
@@ -68,6 +73,7 @@ def fingerprint(conn) -> tuple:
             f(sa.select(sa.func.count()).select_from(D.model_versions)), f(sa.select(sa.func.count()).select_from(D.champion_history)),
             f(sa.select(sa.func.sum(D.event_counters.c.n))), f(sa.select(sa.func.count()).select_from(D.dead_letters)))
 
+# %% ../nbs/50_dashboard.ipynb #82e36d16
 def is_empty(snap: dict) -> bool:
     "True when the database holds nothing the page could show."
     return not any(snap[k] for k in ('versions', 'live', 'runs', 'counters')) and not snap['dead_total']
@@ -90,6 +96,7 @@ def _time_span(ax, times: list, snap: dict):
     "Show from a minute before the first point to a minute after now (not the locator's default years)."
     if times: ax.set_xlim(min(times) - dt.timedelta(minutes=1), max(max(times), snap['now']) + dt.timedelta(minutes=1))
 
+# %% ../nbs/50_dashboard.ipynb #9edc617d
 def png(fig) -> bytes:
     "The figure as PNG bytes."
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=80); return buf.getvalue()
@@ -174,6 +181,7 @@ def _t(v) -> str:
     if isinstance(v, dt.datetime): return v.strftime('%Y-%m-%d %H:%M:%S')
     return html.escape(str(v))
 
+# %% ../nbs/50_dashboard.ipynb #58999dc4
 def html_table(cls: str,            # CSS class (the tests find tables by it)
                head: list[str],     # column titles
                rows: list[list[str]],  # cells, already HTML
@@ -187,16 +195,19 @@ def html_table(cls: str,            # CSS class (the tests find tables by it)
 
 # %% ../nbs/50_dashboard.ipynb #7d2aaaeb
 def champion_table(snap: dict, conn=None, window_minutes: int=10) -> str:
-    "Champions: version, holdout metric, since when, and rolling live accuracy over `window_minutes`."
+    "Champions: version, holdout metric, since when, and rolling live accuracy (slr: RMSE) over `window_minutes`."
     from streamml.scoring import rolling_accuracy
     rows = []
     for c in snap['champions']:
         ra = rolling_accuracy(conn, c['model'], window_minutes, version=c['version']) if conn is not None else {'n': 0}
-        live = f'{ra["accuracy"]:.3f} ({ra["n"]} rows)' if ra.get('n') else 'no rows yet'
+        if not ra.get('n'): live = 'no rows yet'
+        elif c['metric_name'] == 'r2': live = f'RMSE {ra["rmse"]:.3f} ({ra["n"]} rows)'   # slr, as `plot_live` shows it
+        else: live = f'{ra["accuracy"]:.3f} ({ra["n"]} rows)'
         rows.append([f'<b>{_t(c["model"])}</b>', _t(c['version']), f'{_t(c["metric_name"])} {_t(c["metric"])}', live, _t(c['since'])])
     return html_table('streamml-champions', ['model', 'champion version', 'holdout', f'live accuracy, last {window_minutes} min', 'since (UTC)'],
                       rows, 'no champion yet')
 
+# %% ../nbs/50_dashboard.ipynb #7fccf038
 def runs_table(snap: dict, base_url: str) -> str:
     "The most recent runs, each linking to its executed notebook."
     rows = []
@@ -208,6 +219,7 @@ def runs_table(snap: dict, base_url: str) -> str:
     return html_table('streamml-runs', ['run', 'model', 'trigger', 'status', 'requested (UTC)', 'took', 'version', 'reason / error'],
                       rows, 'no runs yet')
 
+# %% ../nbs/50_dashboard.ipynb #b8ebbb3c
 def dead_letter_table(snap: dict) -> str:
     "Dead-letter counts and the most frequent reasons."
     rows = [[_t(d['error']), _t(d['n'])] for d in snap['dead_reasons']]
@@ -252,8 +264,17 @@ class Dashboard:
                               W.HTML('<h3>Holdout accuracy per version</h3>'), self.holdout, W.HTML('<h3>Recent runs</h3>'), self.runs,
                               W.HTML('<h3>Events and dead letters</h3>'), self.events, self.dead])
 
+# %% ../nbs/50_dashboard.ipynb #282e8d6b
+@patch
+def _viewed(self: Dashboard, change):
+    "A browser started (or stopped) showing the page: start its ticking and redraw."
+    if change['new'] and not self.tick.playing:
+        self.tick.playing = True
+        self.refresh()
+
 # %% ../nbs/50_dashboard.ipynb #6db3ef26
-def refresh(self, force: bool=False # redraw even when nothing changed
+@patch
+def refresh(self: Dashboard, force: bool=False # redraw even when nothing changed
            ) -> bool:
     "Redraw the page if the database changed since the last redraw; True when it redrew."
     now = D.utcnow()
@@ -278,14 +299,6 @@ def refresh(self, force: bool=False # redraw even when nothing changed
     self.status.value = f'<span style="color:gray">updated {now:%H:%M:%S} UTC; refreshes itself every {self.tick.interval // 1000} s</span>'
     return True
 
-def _viewed(self, change):
-    "A browser started (or stopped) showing the page: start its ticking and redraw."
-    if change['new'] and not self.tick.playing:
-        self.tick.playing = True
-        self.refresh()
-
-Dashboard.refresh, Dashboard._viewed = refresh, _viewed
-
 # %% ../nbs/50_dashboard.ipynb #4dad9c9f
 def page_settings(env: dict|None=None # environment (default: os.environ)
                  ) -> Settings:
@@ -298,6 +311,19 @@ def page_settings(env: dict|None=None # environment (default: os.environ)
     D.init_db(D.make_engine(s))   # a new database shows the empty state rather than an error
     return s
 
+# %% ../nbs/50_dashboard.ipynb #657af5bf
+def _example_versions(s: Settings, seed: int=0) -> tuple:
+    "Two saved dtr versions (a tree fitted on the stream's first regime, and one whose holdout is 0.2) and the stream's 800 rows."
+    from sklearn.tree import DecisionTreeClassifier
+    from streamml import registry
+    from streamml.data import drifting
+    from streamml.messages import TrainingRow
+    X, y, starts = drifting([('agree', 400), ('contrary', 400)], seed=seed)
+    clf = DecisionTreeClassifier(max_depth=6, random_state=0).fit(X[:300], y[:300])
+    mk = lambda m: registry.save_version(s, 'dtr', registry.Trained(task='classification', serving=registry.tree_from_sklearn(clf), metric_name='accuracy',
+                                         metrics={'accuracy': m}, holdout=(X[300:400], y[300:400])))
+    return mk(float(clf.score(X[300:400], y[300:400]))), mk(0.2), [TrainingRow(tuple(map(float, x)), float(l)) for x, l in zip(X, y)]
+
 # %% ../nbs/50_dashboard.ipynb #fba236fb
 def example_fill(s: Settings,        # settings (home for the artifacts)
                  engine: sa.Engine,  # database to fill
@@ -305,16 +331,8 @@ def example_fill(s: Settings,        # settings (home for the artifacts)
                 ) -> dict:
     "Fill a database with a small but complete story (versions, champion, live scores, runs, counters, a dead letter)."
     import uuid
-    from sklearn.tree import DecisionTreeClassifier
     from streamml import registry, scoring
-    from streamml.data import drifting
-    from streamml.messages import TrainingRow
-    X, y, starts = drifting([('agree', 400), ('contrary', 400)], seed=seed)
-    clf = DecisionTreeClassifier(max_depth=6, random_state=0).fit(X[:300], y[:300])
-    mk = lambda m: registry.save_version(s, 'dtr', registry.Trained(task='classification', serving=registry.tree_from_sklearn(clf), metric_name='accuracy',
-                                         metrics={'accuracy': m}, holdout=(X[300:400], y[300:400])))
-    v1, v2 = mk(float(clf.score(X[300:400], y[300:400]))), mk(0.2)
-    rows = [TrainingRow(tuple(map(float, x)), float(l)) for x, l in zip(X, y)]
+    v1, v2, rows = _example_versions(s, seed)
     now, runs = D.minute(), []
     with engine.begin() as c:
         registry.register_version(c, v1, 'promoted'); registry.set_champion(c, v1)

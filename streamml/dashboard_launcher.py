@@ -24,6 +24,7 @@ def is_loopback(host: str # an interface name or address
     try: return ipaddress.ip_address(host).is_loopback
     except ValueError: return host == 'localhost'
 
+# %% ../nbs/51_dashboard_launcher.ipynb #58c3fc07
 def dashboard_token(s: Settings,         # settings (host)
                     env: dict|None=None  # environment (default: os.environ)
                    ) -> tuple[str|None, bool]:
@@ -32,6 +33,7 @@ def dashboard_token(s: Settings,         # settings (host)
     if token or is_loopback(s.host): return token, False
     return secrets.token_urlsafe(24), True
 
+# %% ../nbs/51_dashboard_launcher.ipynb #ccfc4879
 def dashboard_url(s: Settings, port: int, token: str|None=None) -> str:
     "Where a person opens the dashboard (with `token` in the query when given)."
     return f'http://{s.host}:{port}/' + (f'?token={token}' if token else '')
@@ -48,6 +50,7 @@ def _capped_fill(km, fill, *a, **kw):
     if _live(km) >= km.max_kernels: km._pool_wanted = True; return None
     return fill(km, *a, **kw)
 
+# %% ../nbs/51_dashboard_launcher.ipynb #fc201846
 def _unpool(km, task) -> None:
     "Take `task`, a pool refill that found the cap reached, out of the pools (it is retried when a kernel leaves)."
     km._pool_wanted = True
@@ -55,6 +58,7 @@ def _unpool(km, task) -> None:
     for pool in getattr(km, '_pools', {}).values():
         if task in pool: pool.remove(task)
 
+# %% ../nbs/51_dashboard_launcher.ipynb #a28f58b6
 def _refill(km) -> None:
     "After a kernel left: refill the preheat pool if the cap kept it empty."
     if km._closing or not km._pool_wanted or _live(km) >= km.max_kernels: return
@@ -103,6 +107,7 @@ def _pool_aware_class():
             return await super().cull_kernel_if_idle(kernel_id)
     return PoolAwareKernelManager
 
+# %% ../nbs/51_dashboard_launcher.ipynb #20baf2eb
 def __getattr__(name: str):
     "`streamml.dashboard_launcher.PoolAwareKernelManager`, made on first use (Voila imports it by name)."
     if name == 'PoolAwareKernelManager':
@@ -128,6 +133,7 @@ def voila_argv(s: Settings,            # settings (host)
             f'--MappingKernelManager.cull_idle_timeout={cull_idle_s}', f'--preheat_kernel={preheat}', '--pool_size=1',
             '--show_tracebacks=False']
 
+# %% ../nbs/51_dashboard_launcher.ipynb #84e7c354
 def voila_main(argv: list[str]|None=None # Voila's arguments (default: sys.argv[1:])
               ) -> None:
     "Run Voila in this process, with the token of STREAMML_DASHBOARD_TOKEN (taken out of the environment first)."
@@ -136,6 +142,7 @@ def voila_main(argv: list[str]|None=None # Voila's arguments (default: sys.argv[
     argv = list(sys.argv[1:] if argv is None else argv)
     Voila.launch_instance(argv=argv + ([f'--Voila.token={token}'] if token else []))
 
+# %% ../nbs/51_dashboard_launcher.ipynb #77026611
 def voila_env(s: Settings, token: str|None=None) -> dict:
     "Voila's environment: the settings (`child_env`), the token, Jupyter/IPython/matplotlib files under the home, no IN_TEST."
     env = child_env(s)
@@ -175,6 +182,7 @@ def args_dashboard(p # the `dashboard` subcommand's parser
     p.add_argument('--max-kernels', type=int, default=4, help='page kernels alive at once, the preheated one included (default 4)')
     p.add_argument('--no-preheat', action='store_true', help='start a kernel per page load instead of keeping one ready')
 
+# %% ../nbs/51_dashboard_launcher.ipynb #22384096
 def cmd_dashboard(args, s: Settings) -> int:
     "`streamml dashboard`: run Voila on the dashboard page until Ctrl-C."
     port = args.port or s.dashboard_port

@@ -25,16 +25,17 @@ __all__ = ['ABS_PATH', 'PID', 'MAX_ROWS', 'NUMBER', 'NUMBERS_CSV', 'ModelName', 
 
 # %% ../nbs/31_http_io.ipynb #1253c8eb
 def finite(obj):
-    "`obj` with every non-finite float (and numpy scalar) replaced by a JSON-safe value: NaN and ±inf become None."
-    if hasattr(obj, 'item') and not isinstance(obj, (dict, list, tuple, str)): obj = obj.item()
+    "`obj` with every non-finite float (and numpy value) replaced by a JSON-safe value: NaN and ±inf become None."
+    if hasattr(obj, 'tolist') and not isinstance(obj, (dict, list, tuple, str)): obj = obj.tolist()   # numpy scalars and arrays
     if isinstance(obj, float): return obj if math.isfinite(obj) else None
     if isinstance(obj, dict): return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)): return [finite(v) for v in obj]
     return obj
 
+# %% ../nbs/31_http_io.ipynb #f3336672
 def _plain(o):
-    "`json.dumps` default: numpy scalars as numbers, anything else (datetimes) as text."
-    return o.item() if hasattr(o, 'item') else str(o)
+    "`json.dumps` default: numpy scalars as numbers (arrays as lists), anything else (datetimes) as text."
+    return o.tolist() if hasattr(o, 'tolist') else str(o)
 
 class JSON(JSONResponse):
     "A JSON response that is valid JSON whatever it holds: non-finite numbers are written as null."
@@ -57,6 +58,7 @@ async def read_body(request: Request, # the request
         chunks.append(chunk)
     return b''.join(chunks)
 
+# %% ../nbs/31_http_io.ipynb #a5ead658
 def token_ok(s: Settings,            # settings (api_token)
              authorization: str|None # the Authorization header
             ) -> bool:
@@ -84,6 +86,7 @@ def redact(text,       # free text (anything else is returned as it is)
         if n: text = re.sub(rf'(?<![\w.-]){re.escape(n)}(?![\w-])', '<host>', text)   # the name as a word
     return PID.sub('pid <pid>', ABS_PATH.sub('<path>', text))
 
+# %% ../nbs/31_http_io.ipynb #d3609608
 def error_response(e: StreamMLError) -> JSON:
     "`{'error': reason}` with the error's HTTP status (401 adds `WWW-Authenticate`)."
     headers = {'WWW-Authenticate': 'Bearer'} if e.status == 401 else None
@@ -98,6 +101,7 @@ CsvText = Annotated[str, StringConstraints(pattern=NUMBERS_CSV, max_length=65_53
 Numbers = Annotated[list[StrictInt | StrictFloat], Field(max_length=MAX_ROWS)]
 ClientId = Annotated[str, StringConstraints(max_length=200)] | StrictInt | None
 
+# %% ../nbs/31_http_io.ipynb #5e4d7fe6
 @with_config(ConfigDict(strict=True, allow_inf_nan=False, json_schema_extra={'examples': [{'model': 'mlp', 'payload': '3,4,5', 'id': 'a1'}]}))
 class PredictOne(TypedDict):
     "One prediction request: `payload` is a CSV of numbers or an array of numbers."
@@ -112,6 +116,7 @@ class PredictRows(TypedDict):
     rows: Annotated[list[CsvText | Numbers], Field(max_length=MAX_ROWS)]
     id: NotRequired[ClientId]
 
+# %% ../nbs/31_http_io.ipynb #7446ef4b
 BODY = TypeAdapter(PredictOne | PredictRows | Annotated[list[PredictOne], Field(max_length=MAX_ROWS)])
 BODY_SCHEMA = BODY.json_schema(ref_template='#/components/schemas/{model}')   # the OpenAPI request body
 VALIDATE = BODY.validator.validate_json   # parse and check a body in one pass (pydantic-core)
@@ -132,6 +137,7 @@ def shape_reason(e: ShapeError, # the shape check's error
     msg = lambda m: m.replace(f"String should match pattern '{NUMBERS_CSV}'", 'should be a CSV of numbers')
     return '; '.join(dict.fromkeys(f'{where(x["loc"])}: {msg(x["msg"])}' for x in mine))[:500]
 
+# %% ../nbs/31_http_io.ipynb #769f2e25
 def fast_request(obj: dict,     # a body that passed the shape check (`PredictOne`)
                  lim: Limits     # bounds (`messages.Limits`)
                 ) -> PredictionRequest:
@@ -146,6 +152,7 @@ def fast_request(obj: dict,     # a body that passed the shape check (`PredictOn
         return parse_request(obj, lim)
     return PredictionRequest(obj['model'], p if text else ','.join(map(str, p)), vals, None if rid is None else str(rid))
 
+# %% ../nbs/31_http_io.ipynb #8cbcb541
 def requests_from(body: bytes,    # the request body
                   lim: Limits     # bounds of one request
                  ) -> tuple[list[PredictionRequest], bool]:
@@ -180,6 +187,7 @@ class Health(BaseModel):
 class BuildRequested(BaseModel): model: str; run_id: str; status: str
 class RolledBack(BaseModel): model: str; version: str; uuid: str; replaced: str
 
+# %% ../nbs/31_http_io.ipynb #68edbe63
 ERROR_JSON = {'application/json': {'schema': {'$ref': '#/components/schemas/Error'}}}   # errors are JSON on every route
 def _e(why: str) -> dict: return {'description': why, 'content': ERROR_JSON}
 E404, E422 = _e('unknown model (or run)'), _e('a parameter or the body is out of its declared bounds, or the values cannot be answered')
@@ -189,6 +197,7 @@ PREDICTED = {404: _e('unknown model'), 422: _e('bad request: shape, values, coun
 CsvPath = Annotated[str, PathParam(pattern=NUMBERS_CSV, max_length=4096, description='CSV of the feature values (longer rows: POST /predict)')]
 RunPath = Annotated[str, PathParam(pattern=r'^[A-Za-z0-9_-]{1,64}$', description='a run id')]
 
+# %% ../nbs/31_http_io.ipynb #95e272a0
 def model_path(known: list[str] # the models this server knows (`Settings.known_models()`)
               ):
     "A model path parameter: the name pattern is enforced (422); a name outside `known` answers 404."

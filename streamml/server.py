@@ -46,6 +46,7 @@ class HTTPMetrics:
         self.batched = Counter('streamml_http_batched_requests_total', 'Single-row requests answered in batches '
                                '(over streamml_http_batches_total: the average batch)', registry=r)
 
+# %% ../nbs/30_server.ipynb #5539999b
 class MetricsMiddleware:
     "Count and time every HTTP request by route template and status."
     def __init__(self, app, metrics: HTTPMetrics): self.app, self.m = app, metrics
@@ -129,6 +130,7 @@ def _rss_mb() -> float:
     import psutil
     return psutil.Process().memory_info().rss / 2**20
 
+# %% ../nbs/30_server.ipynb #b8d68a4e
 def add_info_routes(app: FastAPI, s: Settings, ch: Champions):
     "GET /health and /metrics."
     @app.get('/health', summary='503 until models are loaded; names their versions', responses={200: {'model': Health},
@@ -168,6 +170,7 @@ def models_info(s: Settings, eng: sa.Engine, ch: Champions,
                             live=live, versions=[{**v, 'reason': text(v['reason'])} for v in vers if v['model'] == m]))
     return out
 
+# %% ../nbs/30_server.ipynb #2372e4c2
 def add_model_routes(app: FastAPI, s: Settings, eng: sa.Engine, ch: Champions):
     "GET /models."
     @app.get('/models', summary='Champions, versions, holdout and live accuracy', responses={200: {'model': list[dict[str, Any]]}})
@@ -186,10 +189,12 @@ def render_run(s: Settings, path: str|None) -> str:
     html, _ = HTMLExporter(template_name='lab').from_notebook_node(nbformat.read(p, as_version=4))
     return html
 
+# %% ../nbs/30_server.ipynb #a6526747
 def public_run(row: dict) -> dict:
     "A `runs` row as an anonymous reader sees it: no host, no notebook path, free text redacted."
     return {k: redact(v) for k, v in row.items() if k not in PRIVATE_RUN_FIELDS}
 
+# %% ../nbs/30_server.ipynb #54dac42e
 def add_run_routes(app: FastAPI, s: Settings, eng: sa.Engine):
     "GET /runs and /runs/{run_id}."
     from streamml.db import runs as rt
@@ -271,6 +276,7 @@ def make_app(s: Settings,                    # settings
     add_mutating_routes(app, s, eng)
     return app
 
+# %% ../nbs/30_server.ipynb #5120b4fb
 def param_reason(e: RequestValidationError) -> str:
     "The reason a path or query parameter was refused."
     return '; '.join(f'{x["loc"][0]} parameter {x["loc"][-1]}: {x["msg"]}' for x in e.errors()[:3])[:500]
@@ -280,18 +286,21 @@ def uvicorn_options() -> dict:
     "uvicorn settings of `streamml serve` (the benchmark's constant server uses the same): quiet, no access log."
     return dict(log_level='warning', access_log=False, server_header=False)
 
+# %% ../nbs/30_server.ipynb #7edbfa9e
 def app_from_env() -> FastAPI:
     "The app of one `--workers` worker process, from the `STREAMML_*` environment it inherited."
     from streamml.config import load_settings, log_setup
     log_setup()
     return make_app(load_settings())
 
+# %% ../nbs/30_server.ipynb #d54193ee
 def args_serve(p):
     "Arguments of `streamml serve`."
     p.add_argument('--port', type=int, default=None, help='TCP port (default STREAMML_HTTP_PORT or 8000)')
     p.add_argument('--host', default=None, help='interface (default STREAMML_HOST or 127.0.0.1)')
     p.add_argument('--workers', type=int, default=1, help='worker processes sharing the port (default 1)')
 
+# %% ../nbs/30_server.ipynb #2df162c8
 def quiet_server(config):
     "A uvicorn server whose SIGTERM/SIGINT is a clean stop (exit 0), not a signal re-raised after shutdown."
     import uvicorn
@@ -301,6 +310,7 @@ def quiet_server(config):
             self.should_exit = True
     return Server(config)
 
+# %% ../nbs/30_server.ipynb #8a99aad1
 def cmd_serve(args, s: Settings) -> int:
     "Run the HTTP API in the foreground until SIGTERM/SIGINT; a stop by signal exits 0."
     import uvicorn
