@@ -32,10 +32,12 @@ def args_build(p):
     p.add_argument('--tolerance', type=float, default=None, help="promote when metric >= champion's - tolerance (default 0)")
     p.add_argument('--wait', type=float, default=3600, help='seconds to wait while another process builds this model (default 3600)')
 
+# %% ../nbs/13_admin.ipynb #21e25dbd
 def options_from(args) -> BuildOptions:
     "The build options of the command line over `BuildOptions.load()`."
     return BuildOptions.load(**{k: getattr(args, k) for k in ('timeout', 'tolerance', 'wait') if getattr(args, k, None) is not None})
 
+# %% ../nbs/13_admin.ipynb #7c2fb3d3
 def cmd_build(args, s: Settings) -> int:
     "`streamml build <model> [-p NAME VALUE ...]`: run one build now, without Kafka; exit 1 when it fails."
     eng = make_engine(s); init_db(eng)
@@ -51,8 +53,10 @@ def table(rows: list[list], headers: list[str]) -> str:
     w = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     return '\n'.join('  '.join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in cells)
 
+# %% ../nbs/13_admin.ipynb #7c184499
 def _fmt(x) -> str: return '' if x is None else f'{x:.4f}'
 
+# %% ../nbs/13_admin.ipynb #9aaed39c
 def _versions_table(c, m: str, ch: dict|None, n: int) -> str:
     "The newest `n` versions of `m` with the gate's reason; `*` marks the champion."
     mv = model_versions
@@ -62,6 +66,7 @@ def _versions_table(c, m: str, ch: dict|None, n: int) -> str:
                    _fmt(v['metric']), _fmt(v['champion_metric']), (v['reason'] or '')[:90]] for v in vs],
                  ['', 'version', 'status', 'metric', 'value', 'champion', 'reason'])
 
+# %% ../nbs/13_admin.ipynb #c4dcc9ad
 def _runs_table(c, m: str, n: int) -> str|None:
     "The newest `n` runs of `m`."
     rs = c.execute(sa.select(runs).where(runs.c.model == m).order_by(runs.c.requested_at.desc()).limit(n)).mappings().all()
@@ -71,6 +76,7 @@ def _runs_table(c, m: str, n: int) -> str|None:
                    (r['error'] or (f'merged into {r["merged_into"][:8]}' if r['merged_into'] else ''))[:80]] for r in rs],
                  ['run', 'requested', 'trigger', 'status', 'took', 'version', 'error'])
 
+# %% ../nbs/13_admin.ipynb #6baf8b50
 def status_text(s: Settings, engine: sa.Engine, models: list[str]|None=None, n: int=10) -> str:
     "The readable state of every model: champion, newest versions with the gate's reason, newest runs."
     out = []
@@ -90,6 +96,7 @@ def _lineage_run(engine: sa.Engine, m: dict) -> list[str]:
     out = [f'run: {m.get("run_id")}' + (f' ({r["trigger"]}, {r["status"]}, finished {r["finished_at"]:%Y-%m-%d %H:%M:%S} UTC)' if r and r['finished_at'] else '')]
     return out + [f'executed notebook: {ex["path"]} sha256 {ex["digest"][:16]} (read-only)' if ex else 'executed notebook: not recorded']
 
+# %% ../nbs/13_admin.ipynb #b9cf049b
 def lineage_text(s: Settings, engine: sa.Engine, model: str, version: str) -> str:
     "Where one version came from: run, executed notebook, parameters, data and archive files, notebook, git, environment."
     from streamml.reproduce import archive_files_for
@@ -107,12 +114,14 @@ def lineage_text(s: Settings, engine: sa.Engine, model: str, version: str) -> st
                f'requirements.lock sha256 {str(e.get("lock_digest"))[:16]}' if e else 'environment: not recorded')
     return '\n'.join(out + [f'make it again: streamml reproduce {model} {version}'])
 
+# %% ../nbs/13_admin.ipynb #69d5ca64
 def args_status(p):
     "Arguments of `streamml status`."
     p.add_argument('model', nargs='*', help='models to show (default: all)')
     p.add_argument('-n', type=int, default=10, help='versions and runs per model (default 10)')
     p.add_argument('--version', default=None, help="one version's lineage (with exactly one model)")
 
+# %% ../nbs/13_admin.ipynb #ec5e29a1
 def cmd_status(args, s: Settings) -> int:
     "`streamml status [model...] [--version V]`: champions, versions and runs as tables, or one version's lineage."
     if args.version and len(args.model) != 1: raise ValidationError('--version needs exactly one model, e.g. streamml status dtr --version V')
@@ -139,11 +148,13 @@ def rollback_model(s: Settings,             # settings
     finally:
         if engine is None: eng.dispose()
 
+# %% ../nbs/13_admin.ipynb #e944b633
 def args_rollback(p):
     "Arguments of `streamml rollback`."
     p.add_argument('model', help='model whose previous champion to restore')
     p.add_argument('--reason', default=None, help='why (kept in the champion history)')
 
+# %% ../nbs/13_admin.ipynb #b3713975
 def cmd_rollback(args, s: Settings) -> int:
     "`streamml rollback <model>`: restore the previous champion and announce it."
     eng = make_engine(s); init_db(eng)
@@ -166,11 +177,13 @@ def prune_runs(s: Settings, engine: sa.Engine, model: str, keep: int) -> int:
             c.execute(sa.update(runs).where(runs.c.run_id == r.run_id).values(notebook_path=None))
     return len(gone)
 
+# %% ../nbs/13_admin.ipynb #78a4d401
 def args_prune(p):
     "Arguments of `streamml prune`."
     p.add_argument('model', nargs='*', help='models to prune (default: all)')
     p.add_argument('--keep', type=int, default=5, help='newest versions and run notebooks to keep per model (default 5)')
 
+# %% ../nbs/13_admin.ipynb #c897712e
 def cmd_prune(args, s: Settings) -> int:
     "`streamml prune [--keep K]`: remove old non-champion versions and run notebooks."
     eng = make_engine(s); init_db(eng)

@@ -16,17 +16,22 @@ from .train import store_generated
 from .testing import result
 
 # %% auto #0
-__all__ = ['bench_build']
+__all__ = ['build_args', 'bench_build']
 
 # %% ../nbs/94_bench_build.ipynb #831c418c
-def bench_build(s: Settings, argv: list[str]) -> list[dict]:
-    "`streamml bench build [--model M] [--rows N] [--repeat R] [-p NAME VALUE]`: papermill time and build overhead."
+def build_args(argv: list[str]) -> tuple[argparse.Namespace, dict]:
+    "The arguments of `streamml bench build` and the notebook parameters (mlp: 10 epochs unless `-p` says otherwise)."
     ap = argparse.ArgumentParser(prog='streamml bench build')
     ap.add_argument('--model', default='mlp'); ap.add_argument('--rows', type=int, default=500)
     ap.add_argument('--repeat', type=int, default=1)
     ap.add_argument('-p', '--parameter', nargs=2, action='append', default=None, metavar=('NAME', 'VALUE'))
     a = ap.parse_args(argv)
-    params = dict(a.parameter) if a.parameter else ({'epochs': '10'} if a.model == 'mlp' else {})
+    return a, dict(a.parameter) if a.parameter else ({'epochs': '10'} if a.model == 'mlp' else {})
+
+# %% ../nbs/94_bench_build.ipynb #a3275bc0
+def bench_build(s: Settings, argv: list[str]) -> list[dict]:
+    "`streamml bench build [--model M] [--rows N] [--repeat R] [-p NAME VALUE]`: papermill time and build overhead."
+    a, params = build_args(argv)
     out = []
     with tempfile.TemporaryDirectory(prefix='streamml-bench-') as d:
         bs = s.with_(home=Path(d), db_url=f'sqlite:///{d}/bench.db')

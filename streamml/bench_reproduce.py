@@ -17,25 +17,30 @@ from .train import store_generated
 from .testing import result
 
 # %% auto #0
-__all__ = ['bench_reproduce']
+__all__ = ['reproduce_args', 'bench_reproduce']
 
 # %% ../nbs/96_bench_reproduce.ipynb #01105010
-def bench_reproduce(s: Settings, argv: list[str]) -> list[dict]:
-    "`streamml bench reproduce [--models mlp,dtr,slr] [--rows N]`: reproduction time against build time, per model."
+def reproduce_args(argv: list[str]) -> tuple[int, dict]:
+    "`(rows, model -> notebook parameters)` of `streamml bench reproduce`'s arguments (mlp: 10 epochs)."
     ap = argparse.ArgumentParser(prog='streamml bench reproduce')
     ap.add_argument('--models', default='mlp,dtr,slr'); ap.add_argument('--rows', type=int, default=500)
     a = ap.parse_args(argv)
+    return a.rows, {m: {'epochs': 10} if m == 'mlp' else {} for m in a.models.split(',')}
+
+# %% ../nbs/96_bench_reproduce.ipynb #03806244
+def bench_reproduce(s: Settings, argv: list[str]) -> list[dict]:
+    "`streamml bench reproduce [--models mlp,dtr,slr] [--rows N]`: reproduction time against build time, per model."
+    rows, models = reproduce_args(argv)
     out = []
     with tempfile.TemporaryDirectory(prefix='streamml-bench-') as d:
         bs = s.with_(home=Path(d), db_url=f'sqlite:///{d}/bench.db')
-        eng = make_engine(bs); init_db(eng); store_generated(eng, a.rows, seed=0)
-        for m in a.models.split(','):
-            params = {'epochs': 10} if m == 'mlp' else {}
+        eng = make_engine(bs); init_db(eng); store_generated(eng, rows, seed=0)
+        for m, params in models.items():
             b = run_build(bs, CommandEvent(m, 'bench', parameters=params), BuildOptions.load(publish=False), engine=eng)
             if b.status != 'succeeded': raise BuildError(f'bench build of {m} failed: {b.error}')
             r = reproduce(bs, m, b.version, eng)
-            out.append(result('reproduce', 'build', seconds=b.duration_s, n=a.rows, model=m))
-            out.append(result('reproduce', 'streamml', seconds=r.seconds, ratio=r.seconds / b.duration_s, n=a.rows, model=m,
+            out.append(result('reproduce', 'build', seconds=b.duration_s, n=rows, model=m))
+            out.append(result('reproduce', 'streamml', seconds=r.seconds, ratio=r.seconds / b.duration_s, n=rows, model=m,
                               ok=r.ok, mode=r.mode, failed=int(not r.ok)))
         eng.dispose()
     return out

@@ -22,6 +22,7 @@ def owner_id() -> str:
     "`host:pid` of this process (who holds a lock, who ran a build)."
     return f'{socket.gethostname()}:{os.getpid()}'
 
+# %% ../nbs/12b_buildlock.ipynb #2e11876b
 def _mark_lost(c, old, now: dt.datetime) -> None:
     "Record the run of a dead lock holder as failed, `lost`."
     c.execute(sa.update(runs).where(runs.c.run_id == old.run_id, runs.c.status == 'running').values(
@@ -41,6 +42,7 @@ def _take_over(engine: sa.Engine, model: str, run_id: str, owner: str, stale_aft
             log.warning('took over stale build lock of %s from %s (run %s)', model, old.owner, old.run_id)
     return took
 
+# %% ../nbs/12b_buildlock.ipynb #6e33c612
 def acquire_lock(engine: sa.Engine,          # database
                  model: str,                 # model to lock
                  run_id: str,                # the run that will build
@@ -70,6 +72,7 @@ def reap_stale(engine: sa.Engine,             # database
             freed.append(old.model)
     return freed
 
+# %% ../nbs/12b_buildlock.ipynb #69ae64da
 def heartbeat(engine: sa.Engine, model: str, run_id: str) -> bool:
     "Renew our lock's heartbeat; False when it is not ours any more."
     with engine.begin() as c:
@@ -95,6 +98,7 @@ def wait_for_lock(engine: sa.Engine, model: str, run_id: str,
             raise BuildError(f'{model} is being built by {who}; try again later, or send build_{model} to queue a follow-up')
         time.sleep(0.5)
 
+# %% ../nbs/12b_buildlock.ipynb #2050de4e
 class Heartbeat:
     "A thread renewing a build lock every `every` seconds while the `with` block runs."
     def __init__(self, engine: sa.Engine, model: str, run_id: str, every: float):

@@ -37,6 +37,7 @@ def _waiting(conn, model: str, pj: str) -> str|None:
     return conn.execute(sa.select(runs.c.run_id).where(runs.c.model == model, runs.c.status == 'requested', runs.c.parameters == pj)
                         .order_by(runs.c.requested_at, runs.c.run_id).limit(1)).scalar()
 
+# %% ../nbs/12_builds.ipynb #37bd25fb
 def request_build(conn,                    # connection inside the caller's transaction
                   s: Settings,             # settings (the training notebooks)
                   cmd: CommandEvent,       # model, trigger, reason, parameters
@@ -66,6 +67,7 @@ def broker_answers(s: Settings, timeout: float=1.0) -> bool:
         except (OSError, ValueError): continue
     return False
 
+# %% ../nbs/12_builds.ipynb #7641f82b
 def announce(s: Settings,          # settings (bootstrap servers, model_update_topic)
              v: registry.Version,  # the version now serving
              action: str           # promote or rollback
@@ -112,6 +114,7 @@ class BuildResult:
         return (f'{self.model}: run {self.run_id} succeeded in {self.duration_s:.1f} s: version {self.version} '
                 f'{self.metric_name} {self.metric:.4f} {"PROMOTED" if self.promoted else "rejected"} ({self.reason})')
 
+# %% ../nbs/12_builds.ipynb #22e9f1c8
 @dataclass(frozen=True)
 class Job:
     "A build about to run under its model's lock."
@@ -126,16 +129,19 @@ def update_run(engine: sa.Engine, run_id: str, **values) -> None:
     "Update a `runs` row in its own transaction."
     with engine.begin() as c: c.execute(sa.update(runs).where(runs.c.run_id == run_id).values(**values))
 
+# %% ../nbs/12_builds.ipynb #61770999
 def find_version(s: Settings, model: str, run_id: str) -> registry.Version|None:
     "The version the run `run_id` saved, if any."
     return next((v for v in reversed(registry.list_versions(s, model)) if v.manifest.get('run_id') == run_id), None)
 
+# %% ../nbs/12_builds.ipynb #8688b96f
 def _training_output(v: registry.Version, d: registry.Decision, run_id: str) -> str:
     "The `training_log.training_output` text: metrics, data, gate."
     m = ', '.join(f'{k}={x:.4f}' for k, x in v.manifest['metrics'].items())
     return (f'run {run_id} version {v.version}: {m}; {v.manifest.get("data", {}).get("rows")} rows, '
             f'{v.manifest.get("holdout_rows")} holdout; {"promoted" if d.promoted else "rejected"}: {d.reason}')
 
+# %% ../nbs/12_builds.ipynb #871760f1
 def _notebook_end(path: Path) -> dt.datetime|None:
     "When the executed notebook's last cell finished (papermill's `end_time`, UTC), if recorded."
     try: return dt.datetime.fromisoformat(json.loads(Path(path).read_text())['metadata']['papermill']['end_time'])
@@ -146,12 +152,14 @@ def keep_read_only(path: Path) -> None:
     "Make an executed notebook read-only: it is the record of what ran."
     if path.exists(): path.chmod(0o444)
 
+# %% ../nbs/12_builds.ipynb #a0a0460b
 def same_inputs(a: dict, b: dict) -> bool:
     "True when two manifests were made from the same rows (content hash), parameters and training notebook (digest)."
     ha, hb = a.get('data', {}).get('sha256'), b.get('data', {}).get('sha256')
     na, nb = (a.get('notebook') or {}).get('digest'), (b.get('notebook') or {}).get('digest')
     return bool(ha and na) and ha == hb and na == nb and a.get('parameters') == b.get('parameters')
 
+# %% ../nbs/12_builds.ipynb #dc6d2480
 def unchanged_from(s: Settings, eng: sa.Engine, v: registry.Version) -> registry.Version|None:
     "The champion when `v` was made from exactly its rows, parameters and notebook (a build that changes nothing), else None."
     ch = registry.current_champion(eng, v.model)
@@ -159,6 +167,7 @@ def unchanged_from(s: Settings, eng: sa.Engine, v: registry.Version) -> registry
     except StreamMLError: return None
     return cv if cv is not None and same_inputs(v.manifest, cv.manifest) else None
 
+# %% ../nbs/12_builds.ipynb #3b964a20
 def _unchanged(eng: sa.Engine, job: Job, v: registry.Version, ch: registry.Version, res: BuildResult) -> BuildResult:
     "Record a run that changed nothing: its candidate is removed (never registered), the champion stays."
     import shutil
@@ -189,6 +198,7 @@ def _accept(s: Settings, eng: sa.Engine, job: Job, v: registry.Version, res: Bui
     if d.promoted and opts.publish: announce(s, v, 'promote')
     return res
 
+# %% ../nbs/12_builds.ipynb #7fb059b1
 def _locked_build(s: Settings, eng: sa.Engine, job: Job, opts: BuildOptions, stop=None) -> BuildResult:
     "Execute the notebook while the model's lock is held, then requeue, fail or accept the run."
     out = s.path('runs', f'{job.run_id}.ipynb')
@@ -227,12 +237,14 @@ def build_locked(s: Settings, eng: sa.Engine, job: Job, opts: BuildOptions, stop
         raise
     finally: release_lock(eng, job.model, job.run_id)
 
+# %% ../nbs/12_builds.ipynb #4223de5d
 def _new_run(eng: sa.Engine, run_id: str, cmd: CommandEvent, params: dict, **values) -> None:
     "Insert the `runs` row of a build started directly (not from a request)."
     with eng.begin() as c:
         c.execute(sa.insert(runs).values(run_id=run_id, model=cmd.model, trigger=cmd.trigger, reason=cmd.reason,
                                          parameters=params_json(params), requested_at=utcnow(), **values))
 
+# %% ../nbs/12_builds.ipynb #eb7950a8
 def run_build(s: Settings,                  # settings
               cmd: CommandEvent,            # model, trigger, reason, parameters
               opts: BuildOptions|None=None, # limits, tolerance, lock wait... (default: BuildOptions.load())
@@ -269,6 +281,7 @@ def _claim(engine: sa.Engine, run_id: str, model: str, owner: str):
             c.execute(sa.update(runs).where(runs.c.merged_into.in_(raced)).values(merged_into=run_id))
     return p
 
+# %% ../nbs/12_builds.ipynb #34fff3a2
 class _Flag:
     "A truthy view of a threading.Event (what `execute_notebook`'s `stop` reads)."
     def __init__(self, ev): self.ev = ev

@@ -21,6 +21,7 @@ def kernel_name() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
     return 'streamml' if 'streamml' in KernelSpecManager().find_kernel_specs() else 'python3'
 
+# %% ../nbs/12c_execution.ipynb #470c962f
 def build_env(s: Settings # settings to hand on
              ) -> dict:
     "Environment of a build's papermill child and its kernel."
@@ -31,6 +32,7 @@ def build_env(s: Settings # settings to hand on
                MPLBACKEND='module://matplotlib_inline.backend_inline', MPLCONFIGDIR=str(s.path('runs', '.matplotlib')))
     return env
 
+# %% ../nbs/12c_execution.ipynb #1fa3fa72
 # the child: lower its priority and cap its address space (the kernel it starts inherits both), then run papermill
 PAPERMILL_CHILD = ("import json, os, resource, sys\n"
                    "a = json.load(open(sys.argv[1]))\n"
@@ -59,6 +61,7 @@ def notebook_error(path: Path # an executed notebook
             if o.get('output_type') == 'error': return o.get('ename', ''), f'{o.get("ename")}: {o.get("evalue")} (cell {i + 1})'
     return None
 
+# %% ../nbs/12c_execution.ipynb #4c6b9220
 def _failure(out: Path, stderr: str, returncode: int, opts: BuildOptions) -> str:
     "The readable reason of a failed execution; running out of the memory limit says so."
     cell = notebook_error(out)
@@ -91,6 +94,7 @@ def kill_tree(pid: int) -> None:
     deadline = time.monotonic() + 10
     while not all(_dead(q) for q in procs) and time.monotonic() < deadline: time.sleep(0.01)
 
+# %% ../nbs/12c_execution.ipynb #7fed2f44
 def _start(s: Settings, nb: Path, out: Path, parameters: dict, opts: BuildOptions) -> tuple:
     "Start the papermill child; return it, the list its stderr lines go to, and the thread reading them."
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,7 @@ def _start(s: Settings, nb: Path, out: Path, parameters: dict, opts: BuildOption
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True); reader.start()
     return proc, lines, reader
 
+# %% ../nbs/12c_execution.ipynb #6f4108b2
 def _wait(proc: subprocess.Popen, opts: BuildOptions, stop, t0: float) -> str|None:
     "Wait for the child; kill it with its kernel on timeout or stop and say which ('timeout', 'stopped'), else None."
     while proc.poll() is None:
@@ -114,6 +119,7 @@ def _wait(proc: subprocess.Popen, opts: BuildOptions, stop, t0: float) -> str|No
         except subprocess.TimeoutExpired: pass
     return None
 
+# %% ../nbs/12c_execution.ipynb #65eb1135
 def execute_notebook(s: Settings,          # settings (environment of the kernel)
                      nb: Path,             # the training notebook
                      out: Path,            # the executed notebook to keep

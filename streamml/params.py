@@ -7,6 +7,7 @@ from __future__ import annotations
 import json, math, os, re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from fastcore.basics import patch
 from .config import Settings, MODEL_NAME
 from .errors import BuildError, ConfigError, ParameterError, UnknownModelError
 
@@ -55,6 +56,7 @@ class Declared:
         if self.low is None: return ''
         return f'{"(" if self.open_low else "["}{self.low:g}, {self.high:g}{")" if self.open_high else "]"}'
 
+# %% ../nbs/12a_params.ipynb #116b4e5c
 def parse_declared(p: dict # one entry of papermill's `inspect_notebook`
                   ) -> Declared:
     "A `Declared` from papermill's inspection of one parameter; `BuildError` for bounds that make no sense."
@@ -66,6 +68,7 @@ def parse_declared(p: dict # one entry of papermill's `inspect_notebook`
         kw = dict(choices=tuple(c.strip() for c in m[1].split('|')))
     return Declared(p['name'], p['inferred_type_name'], p['default'], h, **kw)
 
+# %% ../nbs/12a_params.ipynb #3d2bd52d
 def declared_parameters(nb: Path # a training notebook
                        ) -> dict[str, Declared]:
     "`name -> Declared` of the notebook's parameters cell (papermill's own inspection, bounds from the comments)."
@@ -82,6 +85,7 @@ def _to_bool(text: str) -> bool:
     if t in ('0', 'false', 'no', 'off'): return False
     raise ValueError(text)
 
+# %% ../nbs/12a_params.ipynb #e8919594
 def _show(v) -> str:
     "A short rendering of any given value for a message (never raises, whatever the value)."
     if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**30: return f'<{v.bit_length()}-bit integer>'
@@ -89,6 +93,7 @@ def _show(v) -> str:
     if v is None or isinstance(v, (bool, int, float)): return repr(v)
     return f'<{type(v).__name__}>'
 
+# %% ../nbs/12a_params.ipynb #a86ae9b5
 def _convert(d: Declared, value, text: bool):
     "`value` as `d`'s type (no bounds yet), or `ParameterError`."
     typ = TYPES.get(d.type)
@@ -104,6 +109,7 @@ def _convert(d: Declared, value, text: bool):
     if typ is float and not math.isfinite(v): raise ParameterError(f'parameter {d.name!r} must be a finite number, got {_show(value)}')
     return v
 
+# %% ../nbs/12a_params.ipynb #4c13189b
 def _check_bounds(d: Declared, v, nb: str):
     "`v` when it lies within `d`'s declared bounds, else `ParameterError` saying which bound and where it is declared."
     where = f'(declared {d.bounds()} in {nb})'
@@ -116,6 +122,7 @@ def _check_bounds(d: Declared, v, nb: str):
     if v > d.high or (d.open_high and v == d.high): raise ParameterError(f'parameter {d.name!r} must be {"below" if d.open_high else "at most"} {d.high:g} {where}, got {_show(v)}')
     return v
 
+# %% ../nbs/12a_params.ipynb #74050c73
 def convert_parameter(d: Declared,       # the declared parameter
                       value,             # the given value: any JSON value, or text
                       text: bool=False,  # value came from the command line: convert from text
@@ -139,6 +146,7 @@ def check_parameters(nb: Path,             # the training notebook
         out[name] = convert_parameter(declared[name], value, text, nb.name)
     return out
 
+# %% ../nbs/12a_params.ipynb #6be8f8a7
 def params_json(p: dict|None) -> str:
     "Parameters as canonical JSON (equal parameters give equal text: the merge rule compares these)."
     return json.dumps(p or {}, sort_keys=True)
@@ -164,18 +172,20 @@ class BuildOptions:
         if self.max_queued < 1: raise ConfigError(f'build option max_queued must be >= 1, got {self.max_queued}')
         if not 0 <= self.niceness <= 19: raise ConfigError(f'build option niceness must be 0..19, got {self.niceness}')
 
-    def with_(self, **kw) -> BuildOptions:
-        "A copy with some options changed (checked again)."
-        return replace(self, **kw)
+# %% ../nbs/12a_params.ipynb #def37a33
+@patch
+def with_(self: BuildOptions, **kw) -> BuildOptions:
+    "A copy with some options changed (checked again)."
+    return replace(self, **kw)
 
-    @classmethod
-    def load(cls, env: dict|None=None, **kw) -> BuildOptions:
-        "The defaults, overridden by `STREAMML_BUILD_<OPTION>` variables of `env` (default os.environ), then by `kw`."
-        env = os.environ if env is None else env
-        vals = {}
-        for f in fields(cls):
-            raw = env.get(f'STREAMML_BUILD_{f.name.upper()}')
-            if raw is None or f.name in kw: continue
-            try: vals[f.name] = _to_bool(raw) if f.type == 'bool' else {'float': float, 'int': int}[f.type](raw)
-            except (ValueError, KeyError): raise ConfigError(f'STREAMML_BUILD_{f.name.upper()} must be {f.type}, got {raw!r}') from None
-        return cls(**{**vals, **kw})
+@patch(cls_method=True)
+def load(cls: BuildOptions, env: dict|None=None, **kw) -> BuildOptions:
+    "The defaults, overridden by `STREAMML_BUILD_<OPTION>` variables of `env` (default os.environ), then by `kw`."
+    env = os.environ if env is None else env
+    vals = {}
+    for f in fields(cls):
+        raw = env.get(f'STREAMML_BUILD_{f.name.upper()}')
+        if raw is None or f.name in kw: continue
+        try: vals[f.name] = _to_bool(raw) if f.type == 'bool' else {'float': float, 'int': int}[f.type](raw)
+        except (ValueError, KeyError): raise ConfigError(f'STREAMML_BUILD_{f.name.upper()} must be {f.type}, got {raw!r}') from None
+    return cls(**{**vals, **kw})

@@ -8,8 +8,8 @@ import numpy as np
 from .errors import SchemaError, StreamMLError
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'KINDS', 'Predictor', 'DensePredictor', 'TreePredictor', 'LinearPredictor', 'dense_from_keras',
-           'tree_from_sklearn', 'linear_arrays', 'score']
+__all__ = ['ACTIVATIONS', 'KINDS', 'Predictor', 'DensePredictor', 'TreePredictor', 'LinearPredictor', 'score', 'dense_from_keras',
+           'tree_from_sklearn', 'linear_arrays']
 
 # %% ../nbs/10a_predictors.ipynb #23edb8ad
 class Predictor:
@@ -40,6 +40,7 @@ ACTIVATIONS = {
     'softmax': lambda z: (e := np.exp(z - z.max(axis=1, keepdims=True))) / e.sum(axis=1, keepdims=True),
 }
 
+# %% ../nbs/10a_predictors.ipynb #73db754d
 class DensePredictor(Predictor):
     "Normalisation then dense layers (the mlp): arrays `mean`, `scale`, `W0`, `b0`, ...; `activations` per layer; `classes`."
     kind = 'dense'
@@ -58,6 +59,7 @@ class DensePredictor(Predictor):
         return h
     def predict(self, X): return self.classes[self.proba(X).argmax(axis=1)]
 
+# %% ../nbs/10a_predictors.ipynb #455c13ab
 class TreePredictor(Predictor):
     "A binary decision tree as node arrays `left`, `right`, `feature`, `threshold`, `value`; `classes`."
     kind = 'tree'
@@ -79,6 +81,7 @@ class TreePredictor(Predictor):
             node = np.where(leaf, node, np.where(go_left, self.left[node], self.right[node]))
         return self.classes[self.value[node].argmax(axis=1)]
 
+# %% ../nbs/10a_predictors.ipynb #b29afc68
 class LinearPredictor(Predictor):
     "Simple linear regression y = slope·x + intercept on the first value (the slr model)."
     kind = 'linear'
@@ -91,6 +94,15 @@ class LinearPredictor(Predictor):
         return float(self.a['slope']) * np.asarray(X, np.float64)[:, 0] + float(self.a['intercept'])
 
 KINDS = {c.kind: c for c in (DensePredictor, TreePredictor, LinearPredictor)}
+
+# %% ../nbs/10a_predictors.ipynb #2703e320
+def score(p: Predictor, X: np.ndarray, y: np.ndarray) -> float:
+    "The predictor's gate metric on `(X, y)`: accuracy for classifiers, R² for regressors."
+    pred = p.predict(X)
+    if p.version is not None and p.version.task == 'regression' or isinstance(p, LinearPredictor):
+        y = np.asarray(y, np.float64); ss = ((y - y.mean())**2).sum()
+        return float(1 - ((y - pred)**2).sum() / ss) if ss > 0 else 0.0
+    return float((pred == y).mean()) if len(y) else 0.0
 
 # %% ../nbs/10a_predictors.ipynb #09761738
 def dense_from_keras(model,          # a trained Keras model: [Normalization], Dense..., softmax last
@@ -114,6 +126,7 @@ def dense_from_keras(model,          # a trained Keras model: [Normalization], D
     out['activations'] = acts
     return out
 
+# %% ../nbs/10a_predictors.ipynb #839d5521
 def tree_from_sklearn(clf # a fitted sklearn DecisionTreeClassifier
                      ) -> dict:
     "Serving arrays (`kind='tree'`) of a fitted scikit-learn decision tree classifier."
@@ -122,15 +135,7 @@ def tree_from_sklearn(clf # a fitted sklearn DecisionTreeClassifier
                 value=t.value[:, 0, :], classes=np.asarray(clf.classes_), depth=np.asarray(t.max_depth),
                 n_inputs=np.asarray(clf.n_features_in_))
 
+# %% ../nbs/10a_predictors.ipynb #ef25a50e
 def linear_arrays(slope: float, intercept: float) -> dict:
     "Serving arrays (`kind='linear'`) of y = slope·x + intercept."
     return dict(kind='linear', slope=np.asarray(slope), intercept=np.asarray(intercept))
-
-# %% ../nbs/10a_predictors.ipynb #ef83fbec
-def score(p: Predictor, X: np.ndarray, y: np.ndarray) -> float:
-    "The predictor's gate metric on `(X, y)`: accuracy for classifiers, R² for regressors."
-    pred = p.predict(X)
-    if p.version is not None and p.version.task == 'regression' or isinstance(p, LinearPredictor):
-        y = np.asarray(y, np.float64); ss = ((y - y.mean())**2).sum()
-        return float(1 - ((y - pred)**2).sum() / ss) if ss > 0 else 0.0
-    return float((pred == y).mean()) if len(y) else 0.0

@@ -19,6 +19,7 @@ def rows_digest(payloads # the rows' canonical CSV payloads, in training order
     for p in payloads: h.update(p.encode()); h.update(b'\n')
     return h.hexdigest()
 
+# %% ../nbs/09_provenance.ipynb #4a82473d
 def segments(coords # (cluster_id, topic, partition, offset) of each row, in training order
             ) -> list[list]:
     "Runs of rows from one partition with increasing offsets: `[cluster, topic, partition, first, last, count]` each."
@@ -34,6 +35,7 @@ def file_digest(path: Path) -> str:
     "sha256 of a file's bytes."
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
+# %% ../nbs/09_provenance.ipynb #08b54aa4
 def notebook_digest(path: Path # a notebook
                    ) -> str:
     "sha256 of the notebook's code cells (source and tags), in order: what decides what it computes."
@@ -42,6 +44,7 @@ def notebook_digest(path: Path # a notebook
             for c in cells if c.get('cell_type') == 'code']
     return hashlib.sha256(json.dumps(code).encode()).hexdigest()
 
+# %% ../nbs/09_provenance.ipynb #0613ad87
 def notebook_record(path: Path, root: Path) -> dict:
     "`{path, digest}` of a training notebook; the path relative to the checkout when it lies inside it."
     p = Path(path).resolve()
@@ -62,6 +65,7 @@ def environment(root: Path # the checkout (for requirements.lock)
                 packages_digest=hashlib.sha256('\n'.join(f'{k}=={v}' for k, v in pk.items()).encode()).hexdigest(),
                 lock_digest=file_digest(lock) if lock.is_file() else None, packages=pk)
 
+# %% ../nbs/09_provenance.ipynb #9e96f9d9
 def git_state(root: Path # the checkout
              ) -> dict:
     "`{commit, dirty}` of the checkout (both None outside git); dirty: tracked files differ from the commit."

@@ -43,6 +43,7 @@ class Version:
     task = property(lambda self: self.manifest['task'])
     n_features = property(lambda self: self.manifest['n_features'])
 
+# %% ../nbs/10_registry.ipynb #9e27276a
 def model_dir(s: Settings, # settings (home)
               model: str   # model name
              ) -> Path:
@@ -50,12 +51,14 @@ def model_dir(s: Settings, # settings (home)
     if not isinstance(model, str) or not MODEL_NAME.fullmatch(model): raise UnknownModelError(f'not a model name: {model!r}')
     return s.path('models', model)
 
+# %% ../nbs/10_registry.ipynb #329a35ba
 def new_version_name(t: dt.datetime|None=None # creation time (default now, UTC)
                     ) -> str:
     "A version name that sorts by creation time: `YYYYMMDD-HHMMSS-xxxxxx`."
     t = t or dt.datetime.now(dt.UTC)
     return f'{t:%Y%m%d-%H%M%S}-{uuidlib.uuid4().hex[:6]}'
 
+# %% ../nbs/10_registry.ipynb #e6546692
 def read_version(path: Path # a version directory
                 ) -> Version|None:
     "The `Version` at `path`, or None when it is not a complete version."
@@ -64,12 +67,14 @@ def read_version(path: Path # a version directory
     try: return Version(path, json.loads((path/'manifest.json').read_text()))
     except (OSError, ValueError): return None
 
+# %% ../nbs/10_registry.ipynb #0c41f21b
 def list_versions(s: Settings, model: str) -> list[Version]:
     "Complete versions of `model`, oldest first."
     d = model_dir(s, model)
     vs = [v for p in sorted(d.iterdir()) if p.is_dir() and (v := read_version(p))] if d.is_dir() else []
     return sorted(vs, key=lambda v: v.manifest.get('created_at', ''))
 
+# %% ../nbs/10_registry.ipynb #3cd20442
 def get_version(s: Settings, model: str, version: str) -> Version:
     "The complete version `version` of `model`, or `UnknownModelError`."
     v = read_version(model_dir(s, model)/version) if version and not version.startswith('.') and '/' not in version else None
@@ -85,6 +90,7 @@ def library_versions() -> dict:
         if name in sys.modules: out[name] = getattr(sys.modules[name], '__version__', '?')
     return out
 
+# %% ../nbs/10_registry.ipynb #ad04314d
 def _fsync_dir(d: Path):
     "Flush a directory's entries (so a rename survives a crash)."
     fd = os.open(d, os.O_RDONLY)
@@ -108,6 +114,7 @@ class Trained:
         if self.metric_name not in self.metrics: raise StreamMLError(f'metrics has no {self.metric_name!r}')
         if len(self.holdout) != 2: raise StreamMLError('holdout must be (X, y)')
 
+# %% ../nbs/10_registry.ipynb #e84a6336
 @dataclass(frozen=True)
 class Provenance:
     "Where a version came from: every field lands in the manifest."
@@ -129,6 +136,7 @@ def _manifest(s: Settings, model: str, name: str, t: Trained, p: Provenance, met
                 libraries=library_versions(), environment=provenance.environment(s.project_root),
                 git=(g := provenance.git_state(s.project_root)), git_commit=g['commit'], **p.extra)
 
+# %% ../nbs/10_registry.ipynb #b8226d72
 def _write_arrays(tmp: Path, t: Trained) -> tuple[dict, int]:
     "Write `serving.npz` and `holdout.npz`; return the serving metadata and the predictor's input count."
     arrays = {k: np.asarray(v) for k, v in t.serving.items() if k != 'kind' and not isinstance(v, (str, list))}
@@ -138,6 +146,7 @@ def _write_arrays(tmp: Path, t: Trained) -> tuple[dict, int]:
     np.savez(tmp/'holdout.npz', X=np.asarray(X, dtype=np.float64), y=np.asarray(y))
     return meta, KINDS[meta['kind']](None, {**meta, **arrays}).n_inputs
 
+# %% ../nbs/10_registry.ipynb #c289d41f
 def _publish(tmp: Path, final: Path) -> None:
     "Sync every file of `tmp`, then rename it to `final` (the version appears whole or not at all)."
     for p in tmp.iterdir():
@@ -146,6 +155,7 @@ def _publish(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
     _fsync_dir(final.parent)
 
+# %% ../nbs/10_registry.ipynb #680276f2
 def save_version(s: Settings,              # settings (home, project root)
                  model: str,               # model name, e.g. 'mlp'
                  trained: Trained,         # what was made
@@ -169,6 +179,7 @@ def save_version(s: Settings,              # settings (home, project root)
     log.info('saved %s/%s (%s=%.4f)', model, name, trained.metric_name, manifest['metric'])
     return Version(final, manifest)
 
+# %% ../nbs/10_registry.ipynb #38c65a1a
 def amend_manifest(v: Version, # a complete version not yet registered
                    **fields    # manifest fields to add or replace
                   ) -> Version:
@@ -207,6 +218,7 @@ def current_champion(conn, # SQLAlchemy connection or engine
     else: row = conn.execute(q).mappings().first()
     return dict(row) if row else None
 
+# %% ../nbs/10_registry.ipynb #70b5202b
 def load_champion(s: Settings, # settings (home, n_features)
                   conn,        # SQLAlchemy connection or engine
                   model: str
@@ -247,6 +259,7 @@ def register_version(conn,                     # connection inside the caller's 
                                          metric_name=v.metric_name, metric=v.metric, path=str(v.path), n_features=v.n_features,
                                          created_at=utcnow(), manifest=man, **vals))
 
+# %% ../nbs/10_registry.ipynb #d05cf774
 def set_champion(conn,                 # connection inside the caller's transaction
                  v: Version,           # the new champion
                  action: str='promote',  # promote or rollback
@@ -264,6 +277,7 @@ def set_champion(conn,                 # connection inside the caller's transact
                                                     action=action, reason=reason, changed_at=now))
     return prev and prev['version']
 
+# %% ../nbs/10_registry.ipynb #d408e609
 def update_message(v: Version, action: str) -> bytes:
     "The `model_update_topic` value announcing that `v` now serves (`messages.model_update`)."
     from streamml.messages import model_update
@@ -291,6 +305,7 @@ def champion_metric_on(s: Settings, # settings (home)
         return ch, score(load_version(cv), *load_holdout(v)), None
     except Exception as e: return ch, None, f'champion {ch["version"]} cannot be scored ({type(e).__name__}: {e})'
 
+# %% ../nbs/10_registry.ipynb #28b62a9f
 def gate(s: Settings,          # settings (home)
          conn,                 # connection inside the caller's transaction
          v: Version,           # the candidate, a complete version
@@ -326,6 +341,7 @@ def champion_stack(conn, # connection
         else: stack.append(r.version)
     return stack
 
+# %% ../nbs/10_registry.ipynb #5374f4e5
 def rollback(conn,              # connection inside the caller's transaction
              s: Settings,       # settings (home)
              model: str,        # model name

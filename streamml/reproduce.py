@@ -37,6 +37,7 @@ def rows_by_ids(engine: sa.Engine, data: dict) -> list[dict]:
     q = sa.select(*[t.c[c] for c in COLUMNS]).where(t.c.id.between(data['first_id'], data['last_id'])).order_by(t.c.id)
     with engine.connect() as c: return [dict(r._mapping) for r in c.execute(q)]
 
+# %% ../nbs/14_reproduce.ipynb #312d7603
 def rows_by_segments(engine: sa.Engine, segs: list) -> list[dict]:
     "The stored rows of each segment `[cluster, topic, partition, first, last, count]`, segment by segment, by offset."
     t, out = training_data, []
@@ -47,6 +48,7 @@ def rows_by_segments(engine: sa.Engine, segs: list) -> list[dict]:
             out += [dict(r._mapping) for r in c.execute(q)]
     return out
 
+# %% ../nbs/14_reproduce.ipynb #5aacbf03
 def store_rows(engine: sa.Engine, rows: list[dict]) -> int:
     "Insert rows into an empty `training_data` in the given order (ids 1, 2, ...)."
     with engine.begin() as c: return insert_ignore(c, training_data, [{**r, 'stored_at': utcnow()} for r in rows])
@@ -69,6 +71,7 @@ def replay_archive(s: Settings,       # settings whose event archive to read (ho
         if len(batch) >= 5000: n += store_rows(engine, batch); batch = []
     return n + store_rows(engine, batch)
 
+# %% ../nbs/14_reproduce.ipynb #52e546c5
 def archive_files_for(s: Settings, segs: list) -> list[str]:
     "The archive files holding at least one event of the segments (what to keep to recreate the version)."
     from streamml.archive import archive_files, read_archives, BadLine
@@ -118,6 +121,7 @@ class Report:
         if not self.environment: parts.append('  environment: same Python, packages and lock file as recorded')
         return '\n'.join(parts)
 
+# %% ../nbs/14_reproduce.ipynb #5387a0ab
 def _arrays(v: registry.Version, name: str) -> dict:
     with np.load(v.path/name, allow_pickle=False) as z: return {k: z[k] for k in z.files}
 
@@ -155,6 +159,7 @@ def _rows_for(s: Settings, engine: sa.Engine, rs: Settings, dst: sa.Engine, m: d
         return store_rows(dst, rows_by_segments(full, m['data']['segments']))
     finally: full.dispose()
 
+# %% ../nbs/14_reproduce.ipynb #4546ce33
 def _check_recorded(v: registry.Version) -> dict:
     "The manifest, or `ReproduceError` when it lacks what reproducing needs."
     m = v.manifest
@@ -163,6 +168,7 @@ def _check_recorded(v: registry.Version) -> dict:
     if missing: raise ReproduceError(f'{v.model} {v.version} records no {", ".join(missing)} (format {m.get("format")}): it cannot be reproduced')
     return m
 
+# %% ../nbs/14_reproduce.ipynb #f75e53fb
 def reproduce(s: Settings,                 # settings (home with the version, database or archive)
               model: str, version: str,    # the version to make again
               engine: sa.Engine|None=None, # database holding its rows (default: from the settings)
@@ -192,6 +198,7 @@ def reproduce(s: Settings,                 # settings (home with the version, da
     r.seconds = time.monotonic() - t0
     return r
 
+# %% ../nbs/14_reproduce.ipynb #9e076c9b
 def git_notes(s: Settings, m: dict) -> list[str]:
     "How the checkout differs from the one that made the version."
     g, now = m.get('git') or {}, provenance.git_state(s.project_root)

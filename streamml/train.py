@@ -31,6 +31,7 @@ class TrainingSet:
     testing: bool         # True in a notebook test: save into a temporary home, record nothing
     notebook: str|None=None  # the training notebook being run (the runner sets STREAMML_BUILD_NOTEBOOK)
 
+# %% ../nbs/11_train.ipynb #1acd7ecc
 def db_exists(s: Settings) -> bool:
     "False for a SQLite file that does not exist yet (reading must not create it)."
     u = sa.make_url(s.db_url)
@@ -58,6 +59,7 @@ def load_window(conn,                 # SQLAlchemy connection or engine
                 clusters=sorted({r.cluster_id for r in rows}), sha256=provenance.rows_digest(r.payload for r in rows), segments=segs)
     return vals[:, :n_features], vals[:, n_features], info
 
+# %% ../nbs/11_train.ipynb #5b838b44
 def stored_rows(s: Settings,   # settings (database, n_features)
                 window: int    # newest stored rows to use
                ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -68,6 +70,7 @@ def stored_rows(s: Settings,   # settings (database, n_features)
     try: return load_window(eng, s.n_features, window) if sa.inspect(eng).has_table('training_data') else empty
     finally: eng.dispose()
 
+# %% ../nbs/11_train.ipynb #db8e78ea
 def training_set(window: int,          # newest stored rows to use
                  test_rows: int=400,   # generated rows in a notebook test with fewer stored rows
                  seed: int=0,          # seed of the generated rows
@@ -95,6 +98,7 @@ def check_rows(X: np.ndarray,          # features
     if classifier and len(np.unique(y)) < 2:
         raise BuildError(f'a classifier needs at least 2 classes, the {len(y)} rows have only {np.unique(y).tolist()}')
 
+# %% ../nbs/11_train.ipynb #49f73f93
 def split_rows(X: np.ndarray, y: np.ndarray,
                split: float=0.65,   # fraction for training; the rest is the holdout
                seed: int=0          # seed of the shuffle
