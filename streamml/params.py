@@ -4,7 +4,7 @@
 
 # %% ../nbs/12a_params.ipynb #f56df654
 from __future__ import annotations
-import json, math, os, re
+import importlib, json, math, os, re, threading
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from fastcore.basics import patch
@@ -13,7 +13,8 @@ from .errors import BuildError, ConfigError, ParameterError, UnknownModelError
 
 # %% auto #0
 __all__ = ['TYPES', 'RESERVED', 'MAX_TEXT', 'RANGE', 'CHOICES', 'notebook_path', 'Declared', 'parse_declared',
-           'declared_parameters', 'convert_parameter', 'check_parameters', 'params_json', 'BuildOptions']
+           'declared_parameters', 'warm_inspection', 'convert_parameter', 'check_parameters', 'params_json',
+           'BuildOptions']
 
 # %% ../nbs/12a_params.ipynb #e97bc7c9
 def notebook_path(s: Settings,   # settings (the training notebooks' folder)
@@ -76,6 +77,13 @@ def declared_parameters(nb: Path # a training notebook
     ps = inspect_notebook(str(nb))
     if not ps: raise BuildError(f'{nb.name} has no cell tagged "parameters"')
     return {k: parse_declared(v) for k, v in ps.items()}
+
+# %% ../nbs/12a_params.ipynb #9b7c4277
+def warm_inspection() -> threading.Thread:
+    "Import papermill's inspection in a daemon thread, so the first `declared_parameters` of a service is quick."
+    t = threading.Thread(target=importlib.import_module, args=('papermill.inspection',), name='warm-papermill', daemon=True)
+    t.start()
+    return t
 
 # %% ../nbs/12a_params.ipynb #06ace2cf
 def _to_bool(text: str) -> bool:
