@@ -719,6 +719,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'streamml.reproduce.ReproduceError': ('reproduce.html#reproduceerror', 'streamml/reproduce.py'),
                                     'streamml.reproduce._arrays': ('reproduce.html#_arrays', 'streamml/reproduce.py'),
                                     'streamml.reproduce._check_recorded': ('reproduce.html#_check_recorded', 'streamml/reproduce.py'),
+                                    'streamml.reproduce._notebook_line': ('reproduce.html#_notebook_line', 'streamml/reproduce.py'),
                                     'streamml.reproduce._rows_for': ('reproduce.html#_rows_for', 'streamml/reproduce.py'),
                                     'streamml.reproduce._same_arrays': ('reproduce.html#_same_arrays', 'streamml/reproduce.py'),
                                     'streamml.reproduce.archive_files_for': ('reproduce.html#archive_files_for', 'streamml/reproduce.py'),

@@ -130,8 +130,17 @@ def _same_arrays(a: dict, b: dict) -> list[str]:
     return [k for k in sorted(a.keys() | b.keys()) if k not in a or k not in b or a[k].dtype != b[k].dtype or not np.array_equal(a[k], b[k])]
 
 # %% ../nbs/14_reproduce.ipynb #5713eaf6
+def _notebook_line(old: registry.Version, new: registry.Version, r: Report):
+    "Whether the notebook that ran is the one recorded (by digest; the path of a copy may differ)."
+    n0, n1 = old.manifest.get('notebook'), new.manifest.get('notebook') or {}
+    if not n0: return
+    same = n1.get('digest') == n0['digest']
+    (r.matched if same else r.differed).append(f'notebook {n0["path"]}: digest {str(n1.get("digest"))[:12]}'
+                                               + ('' if same else f' (recorded {n0["digest"][:12]})'))
+
 def compare(old: registry.Version, new: registry.Version, r: Report) -> Report:
     "Fill `r` with what matched and differed between the original and the reproduced version."
+    _notebook_line(old, new, r)
     d0, d1 = old.manifest['data'], new.manifest.get('data', {})
     (r.matched if d0['sha256'] == d1.get('sha256') else r.differed).append(
         f'data: {d1.get("rows")} rows, sha256 {str(d1.get("sha256"))[:12]}' + ('' if d0['sha256'] == d1.get('sha256') else f' (recorded {d0["rows"]} rows, sha256 {d0["sha256"][:12]})'))
