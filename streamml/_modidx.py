@@ -487,6 +487,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'streamml.jvm.KafkaJars.log_config': ('jvm.html#kafkajars.log_config', 'streamml/jvm.py'),
                               'streamml.jvm.KafkaJars.stamp': ('jvm.html#kafkajars.stamp', 'streamml/jvm.py'),
                               'streamml.jvm.NodePorts': ('jvm.html#nodeports', 'streamml/jvm.py'),
+                              'streamml.jvm._escape': ('jvm.html#_escape', 'streamml/jvm.py'),
                               'streamml.jvm._fetch_classpath': ('jvm.html#_fetch_classpath', 'streamml/jvm.py'),
                               'streamml.jvm._mvn': ('jvm.html#_mvn', 'streamml/jvm.py'),
                               'streamml.jvm._stamp_text': ('jvm.html#_stamp_text', 'streamml/jvm.py'),

@@ -110,6 +110,7 @@ def write(self: RotatingFile,
     elif self.f.tell() >= self.max_bytes: self.f.close(); self.n += 1; self.f = open(self.path, 'ab')
     self.f.write(b'\n'.join(l if isinstance(l, bytes) else l.encode() for l in lines) + b'\n')
 
+# %% ../nbs/20_archive.ipynb #27ff21f9
 @patch
 def sync(self: RotatingFile):
     "Flush and fsync the current file."
@@ -126,6 +127,7 @@ def archive_files(s: Settings # settings (home, config)
     "The built-in archive's files, oldest first."
     return sorted(s.path('events').glob(f'{sink_spec(s, "events").stem}.*.jsonl'))
 
+# %% ../nbs/20_archive.ipynb #3e2fea9d
 @dataclass(frozen=True)
 class BadLine:
     "A line replay cannot read, and why."
@@ -148,11 +150,13 @@ def read_archives(paths: list[Path], # archive files, in order
 # %% ../nbs/20_archive.ipynb #07c7f3d0
 def parse_time(t: str|None # ISO time ('2026-01-02', '2026-01-02T10:00'), UTC unless it says otherwise
               ) -> int|None:
-    "Milliseconds since the epoch of an ISO time, or None."
+    "Milliseconds since the epoch of an ISO time, or None; `ValidationError` for text that is not one."
     if not t: return None
-    d = dt.datetime.fromisoformat(t)
+    try: d = dt.datetime.fromisoformat(t)
+    except ValueError: raise ValidationError(f'not an ISO time: {t!r} (e.g. 2026-01-02 or 2026-01-02T10:00)') from None
     return int((d if d.tzinfo else d.replace(tzinfo=dt.UTC)).timestamp() * 1000)
 
+# %% ../nbs/20_archive.ipynb #cacd92d6
 def in_window(a: Archived,       # an archived event
               since=None,        # first timestamp (ms), inclusive
               until=None,        # end timestamp (ms), exclusive
@@ -202,11 +206,13 @@ def recent_dead_letters(engine,       # the database
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(t).order_by(t.c.id.desc()).limit(limit))]
 
+# %% ../nbs/20_archive.ipynb #bd1bef3a
 def resend_target(s: Settings, topic: str) -> str:
     "Where a dead letter read from `topic` goes back to: the same input topic; `ValidationError` for any other."
     if topic in (s.topics.event_topic, s.topics.prediction_request_topic): return topic
     raise ValidationError(f'dead letters from {topic!r} cannot be re-sent (only {s.topics.event_topic} and {s.topics.prediction_request_topic})')
 
+# %% ../nbs/20_archive.ipynb #b56539f9
 def resend_dead_letters(s: Settings,     # settings (topics)
                         engine,           # the database holding the dead letters
                         ids: list[int],   # `dead_letters.id`s to re-send
@@ -237,6 +243,7 @@ def args_replay(p):
     p.add_argument('--to-offset', type=int, help='last source offset (inclusive)')
     p.add_argument('--partition', type=int, help='only this source partition')
 
+# %% ../nbs/20_archive.ipynb #a07859f3
 def cmd_replay(args, s: Settings) -> int:
     "Republish the archive to event_topic."
     paths = args.files or archive_files(s)
@@ -254,6 +261,7 @@ def args_deadletters(p):
     p.add_argument('--limit', type=int, default=20, help='how many to list (newest first)')
     p.add_argument('--resend', type=int, nargs='+', metavar='ID', help='re-send these dead letters to the topic each came from')
 
+# %% ../nbs/20_archive.ipynb #95ca37fd
 def cmd_deadletters(args, s: Settings) -> int:
     "List recent dead letters with their reasons, or re-send chosen ones."
     eng = make_engine(s); init_db(eng)

@@ -30,6 +30,7 @@ def pack(folder: Path # a complete version folder
             with open(p, 'rb') as f: tar.addfile(info, f)
     return buf.getvalue()
 
+# %% ../nbs/16_artifacts.ipynb #2e4ac6f7
 def unpack(data: bytes, # a packed version
            dest: Path   # an empty folder
           ) -> None:
@@ -63,6 +64,7 @@ def fetch(conn,             # SQLAlchemy connection
         raise NoChampionError(f'artifact {row.model}/{row.version} is damaged in the database ({len(data)} of {row.size} bytes)')
     return data
 
+# %% ../nbs/16_artifacts.ipynb #56594e9a
 def _manifest_uuid(folder: Path) -> str|None:
     "The uuid in a folder's manifest, or None."
     import json

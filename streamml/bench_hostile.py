@@ -25,6 +25,7 @@ def _records(kind: str, rounds: int, hostile: bool) -> list[tuple]:
             out += [(c.value, c.headers, c.key or f'h{i}'.encode()) if hostile else good(i + 1), good(i)]; i += 2
     return out
 
+# %% ../nbs/95_bench_hostile.ipynb #0b47b90e
 def _produce(s: Settings, topic: str, records: list[tuple]) -> None:
     p = make_producer(s, max_request_size=4 * 2**20)
     for v, h, k in records: p.send(topic, v, key=k, headers=list(h))
@@ -42,6 +43,7 @@ def _run(runner, n: int, timeout: float=300) -> tuple[float, int]:
     stop.set(); th.join(30)
     return (runner.last_at or time.monotonic()) - (runner.first_at or time.monotonic()), stops
 
+# %% ../nbs/95_bench_hostile.ipynb #7bdccac0
 def _service(kind: str, b: Settings, hostile: bool):
     "A fresh events or predictions runner on topics of its own."
     from streamml.testing import unique_topics

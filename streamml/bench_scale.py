@@ -7,6 +7,7 @@ from __future__ import annotations
 import time, uuid
 import psutil
 from .config import Settings
+from .errors import ConfigError
 from .predictions import PredictClient
 from .procs import terminate
 from .testing import result, bench_env, bench_model, bench_args
@@ -20,6 +21,7 @@ def _cpu(procs) -> float:
     "CPU seconds (user + system) the processes have used so far."
     return sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs if p.poll() is None)
 
+# %% ../nbs/98_bench_scale.ipynb #f4c87089
 def measure_scale(b: Settings, k: int, n: int) -> dict:
     "Throughput and CPU per prediction of `k` predictors in one group on `b`'s 3-partition request topic."
     group, procs = f'scale-{uuid.uuid4().hex[:8]}', []
@@ -38,12 +40,13 @@ def measure_scale(b: Settings, k: int, n: int) -> dict:
 def bench_scale(s: Settings, argv: list[str]) -> list[dict]:
     "Throughput and CPU per prediction with 1, 2 and 3 predictors on a 3-partition topic, each against one predictor."
     a = bench_args('scale', argv, n=20000, max_predictors=3)
+    if a.n < 1 or a.max_predictors < 1: raise ConfigError(f'bench scale: --n and --max-predictors must be >= 1, got {a.n}, {a.max_predictors}')
     out = []
     with bench_env(s, partitions=3) as (b, engine):
         bench_model(b, engine, keras_file=False)
         figures = [measure_scale(b, k, a.n) for k in range(1, a.max_predictors + 1)]
     one = figures[0]
     for f in figures:
-        out.append(result('scale', 'streamml', **f, ratio=f['throughput'] / one['throughput'],
+        out.append(result('scale', 'streamml', **f, ratio=f['throughput'] / max(one['throughput'], 1e-9),
                           cpu_ratio=f['cpu_us_per_prediction'] / max(one['cpu_us_per_prediction'], 1e-9)))
     return out

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .errors import StreamMLError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'Command', 'resolve', 'chosen_command', 'parser', 'main', 'unreachable_database', 'run']
+__all__ = ['COMMANDS', 'Command', 'resolve', 'chosen_command', 'parser', 'unreachable_database', 'main', 'run']
 
 # %% ../nbs/40_cli.ipynb #4c17e414
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ def chosen_command(argv: list[str] # command line
         elif not a.startswith('-'): return a
     return None
 
+# %% ../nbs/40_cli.ipynb #36edaf92
 def parser(argv: list[str] # command line (the chosen subcommand's arguments are attached)
           ) -> argparse.ArgumentParser:
     "The `streamml` parser; only the subcommand named in `argv` imports its module."
@@ -71,6 +72,20 @@ def parser(argv: list[str] # command line (the chosen subcommand's arguments are
         resolve(name)[0](p)
     return top
 
+# %% ../nbs/40_cli.ipynb #599362be
+def unreachable_database(e: Exception # what a command raised
+                        ) -> str|None:
+    "What to tell a user when `e` means the database does not answer (None for anything else)."
+    if not type(e).__module__.startswith('sqlalchemy'): return None
+    import os, sqlalchemy as sa
+    if not isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError)): return None
+    from streamml.config import load_settings
+    url = sa.make_url(load_settings().db_url).render_as_string(hide_password=True)
+    src = 'STREAMML_DB_URL' if os.environ.get('STREAMML_DB_URL') else 'the default SQLite file in STREAMML_HOME'
+    return (f'the database at {url} does not answer ({src}): {str(getattr(e, "orig", e)).splitlines()[0][:200]}. '
+            f'Start it, or point STREAMML_DB_URL at one that runs')
+
+# %% ../nbs/40_cli.ipynb #7551d8bd
 def main(argv: list[str]|None=None # arguments (default: sys.argv[1:])
         ) -> int:
     "Entry point of the `streamml` command."
@@ -85,18 +100,6 @@ def main(argv: list[str]|None=None # arguments (default: sys.argv[1:])
     except Exception as e:
         if (why := unreachable_database(e)) is None: raise
         print(f'error: {why}', file=sys.stderr); return 1
-
-def unreachable_database(e: Exception # what a command raised
-                        ) -> str|None:
-    "What to tell a user when `e` means the database does not answer (None for anything else)."
-    if not type(e).__module__.startswith('sqlalchemy'): return None
-    import os, sqlalchemy as sa
-    if not isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError)): return None
-    from streamml.config import load_settings
-    url = sa.make_url(load_settings().db_url).render_as_string(hide_password=True)
-    src = 'STREAMML_DB_URL' if os.environ.get('STREAMML_DB_URL') else 'the default SQLite file in STREAMML_HOME'
-    return (f'the database at {url} does not answer ({src}): {str(getattr(e, "orig", e)).splitlines()[0][:200]}. '
-            f'Start it, or point STREAMML_DB_URL at one that runs')
 
 # %% ../nbs/40_cli.ipynb #4e00fc79
 def run() -> None:

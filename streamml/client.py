@@ -51,6 +51,7 @@ def send_values(s: Settings,           # settings (topics, bootstrap)
         if own: producer.close(10)
     return n
 
+# %% ../nbs/25_client.ipynb #22155e84
 def send_training(s: Settings,          # settings
                   rows,                 # CSV rows, e.g. ['3,4,5,6']
                   producer=None,        # a producer to use (default: a new one)
@@ -88,6 +89,7 @@ def file_messages(path: Path # a message file: one JSON document or JSON lines
         out.append(line.strip().encode())
     return out
 
+# %% ../nbs/25_client.ipynb #a3903617
 def topic_for(s: Settings, value: bytes) -> str:
     "`prediction_request_topic` for a prediction request (`model` and no `type`), else `event_topic`."
     d = json.loads(value)
@@ -99,6 +101,7 @@ def send_file(s: Settings, path: Path, producer=None) -> int:
     for v in msgs: n += send_values(s, topic_for(s, v), [v], producer)
     return n
 
+# %% ../nbs/25_client.ipynb #09ca05c7
 def csv_file_rows(path: Path # CSV file of training rows (a header line is skipped)
                  ) -> list[str]:
     "The rows of a CSV file as CSV strings; a first line that is not numbers is taken as a header."
@@ -118,6 +121,7 @@ def args_send(p):
                    help='a build command, e.g. build_mlp (repeatable)')
     p.add_argument('--no-check', action='store_true', help='send rows and commands without checking them first')
 
+# %% ../nbs/25_client.ipynb #4abf38c3
 def cmd_send(args, s: Settings) -> int:
     "Publish what the arguments name; print how many messages went where."
     if not (args.files or args.training or args.training_file or args.commands):

@@ -29,6 +29,7 @@ def scram_properties(user: str,     # SCRAM user
     return {'security.protocol': 'SASL_PLAINTEXT', 'sasl.mechanism': 'SCRAM-SHA-512',
             'sasl.jaas.config': f'org.apache.kafka.common.security.scram.ScramLoginModule required username="{user}" password="{password}";'}
 
+# %% ../nbs/08_connect.ipynb #1cfc1f18
 def worker_properties(bootstrap: str,                    # host:port,... of the cluster
                       rest_port: int,                    # REST API port (loopback)
                       offsets_file: Path,                # where the worker keeps sink offsets
@@ -44,6 +45,7 @@ def worker_properties(bootstrap: str,                    # host:port,... of the 
         props |= sec | {f'consumer.{k}': v for k, v in sec.items()}
     return props
 
+# %% ../nbs/08_connect.ipynb #ebe0f565
 def sink_properties(src: str|Path,            # a FileStreamSink configuration, e.g. config/connect-file-sink-events.properties
                     files_dir: Path,          # folder the sink's `file` goes to
                     topics: dict|None=None    # {configured topic: topic to read instead}
@@ -96,6 +98,7 @@ def _write_configs(self: ConnectStandalone) -> list[Path]:
         paths.append(write_properties(self.work_dir/src.name, props))
     return paths
 
+# %% ../nbs/08_connect.ipynb #bd1e0958
 @patch
 def status(self: ConnectStandalone, name: str # connector name
           ) -> dict|None:
@@ -109,6 +112,17 @@ def running(status: dict|None # a connector status from the REST API
     "True when the connector and each of its tasks (at least one) are RUNNING."
     if not status or status.get('connector', {}).get('state') != 'RUNNING': return False
     return bool(status.get('tasks')) and all(t.get('state') == 'RUNNING' for t in status['tasks'])
+
+# %% ../nbs/08_connect.ipynb #cd5c97d7
+@patch
+def stop(self: ConnectStandalone,
+         grace: float=15.0 # seconds between SIGTERM and SIGKILL
+        ) -> int|None:
+    "Stop the worker (SIGTERM, SIGKILL after `grace`); return its exit code (143 after a clean shutdown)."
+    if self.proc is None: return None
+    code = terminate([self.proc], grace)[0]
+    self.proc = None
+    return code
 
 # %% ../nbs/08_connect.ipynb #1aa6a583
 @patch
@@ -132,13 +146,3 @@ def start(self: ConnectStandalone,
     except BaseException: self.stop(); raise
     log.info('kafka connect up in %.1f s on %s, connectors %s', time.monotonic() - t0, self.url, self.names)
     return self
-
-@patch
-def stop(self: ConnectStandalone,
-         grace: float=15.0 # seconds between SIGTERM and SIGKILL
-        ) -> int|None:
-    "Stop the worker (SIGTERM, SIGKILL after `grace`); return its exit code (143 after a clean shutdown)."
-    if self.proc is None: return None
-    code = terminate([self.proc], grace)[0]
-    self.proc = None
-    return code

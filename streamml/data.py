@@ -32,6 +32,7 @@ def judges(n: int,                 # rows to generate
     y = np.clip(np.rint(X @ np.asarray(w) + b + rng.normal(0, noise, n)), 0, 10).astype(int)
     return X, y
 
+# %% ../nbs/03_data.ipynb #5bb902e5
 def csv_rows(X: np.ndarray, y: np.ndarray) -> list[str]:
     "Training payloads `'x1,x2,x3,label'` for the rows."
     return [','.join(str(int(v)) if float(v).is_integer() else repr(float(v)) for v in (*x, l)) for x, l in zip(X, y)]

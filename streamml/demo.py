@@ -61,6 +61,7 @@ DEMO_POLICY = {  # written to $STREAMML_HOME/retrain.json by `streamml demo` whe
                     parameters={'window': 1000}),  # the first builds use the newest 1000 rows (drift builds: the rows since the change)
 }
 
+# %% ../nbs/35_demo.ipynb #d0ebfe4a
 def write_policy(s: Settings,          # settings (home)
                  policy: dict=DEMO_POLICY  # the policy to write
                 ) -> Path|None:
@@ -84,6 +85,7 @@ def record_drift(s: Settings, row: int, old: str, new: str) -> dict:
     log.info('drift at row %d: %s -> %s', row, old, new)
     return d
 
+# %% ../nbs/35_demo.ipynb #39e42f47
 def feed(s: Settings,                  # settings (topics, home)
          events,                       # iterable of (row, regime, bytes), e.g. `demo_events(...)`
          rate: float=20.0,             # rows per second
@@ -125,6 +127,7 @@ def args_demo(p # the `demo` subcommand's parser
     p.add_argument('--rows', type=int, default=None, help='stop after this many rows')
     p.add_argument('--no-policy', action='store_true', help="do not write the demo's retrain.json into the home")
 
+# %% ../nbs/35_demo.ipynb #c86a88f0
 def cmd_demo(args, s: Settings) -> int:
     "`streamml demo`: feed the drifting stream until done or Ctrl-C."
     from streamml.broker import require_broker

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['StreamMLError', 'ConfigError', 'ValidationError', 'SchemaError', 'PayloadTooLarge', 'UnknownModelError',
-           'UnknownCommandError', 'ParameterError', 'NoChampionError', 'BuildError', 'AuthError', 'ForbiddenError',
-           'BrokerError', 'StoreError', 'QueueFullError', 'KafkaAuthError']
+           'UnknownCommandError', 'ParameterError', 'QueueFullError', 'NoChampionError', 'BuildError', 'BrokerError',
+           'StoreError', 'KafkaAuthError', 'AuthError', 'ForbiddenError']
 
 # %% ../nbs/00_errors.ipynb #65839c79
 class StreamMLError(Exception):
@@ -16,6 +16,7 @@ class ConfigError(StreamMLError):
     "A setting is missing or invalid."
     status = 500
 
+# %% ../nbs/00_errors.ipynb #5ea47924
 class ValidationError(StreamMLError):
     "Input does not fit the contract (a bad event, request or parameter)."
     status = 422
@@ -37,6 +38,11 @@ class UnknownCommandError(ValidationError):
 class ParameterError(ValidationError):
     "A build parameter is unknown or has the wrong type."
 
+class QueueFullError(ValidationError):
+    "A model already has as many builds waiting as it may (`BuildOptions.max_queued`): try again after one ran."
+    status = 429
+
+# %% ../nbs/00_errors.ipynb #fe7c8bb1
 class NoChampionError(StreamMLError):
     "The model has no promoted version yet (or none that can be served)."
     status = 503
@@ -44,14 +50,6 @@ class NoChampionError(StreamMLError):
 class BuildError(StreamMLError):
     "A build failed: the notebook raised, timed out or its kernel died."
     status = 500
-
-class AuthError(StreamMLError):
-    "A mutating route was called without the right bearer token."
-    status = 401
-
-class ForbiddenError(StreamMLError):
-    "A mutating route is disabled (no `STREAMML_API_TOKEN` set)."
-    status = 403
 
 class BrokerError(StreamMLError):
     "The Kafka broker could not be started or reached."
@@ -61,9 +59,14 @@ class StoreError(StreamMLError):
     "The database could not be reached or refused a write."
     status = 503
 
-class QueueFullError(ValidationError):
-    "A model already has as many builds waiting as it may (`BuildOptions.max_queued`): try again after one ran."
-    status = 429
-
 class KafkaAuthError(BrokerError):
     "The Kafka cluster refused the client's credentials (SASL authentication failed)."
+
+# %% ../nbs/00_errors.ipynb #a94307c5
+class AuthError(StreamMLError):
+    "A mutating route was called without the right bearer token."
+    status = 401
+
+class ForbiddenError(StreamMLError):
+    "A mutating route is disabled (no `STREAMML_API_TOKEN` set)."
+    status = 403

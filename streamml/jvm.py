@@ -40,6 +40,7 @@ class Artifact:
         return (f'<dependency><groupId>{self.group}</groupId><artifactId>{self.name}</artifactId>'
                 f'<version>{self.version}</version>{ex}</dependency>')
 
+# %% ../nbs/06_jvm.ipynb #97b1dc11
 LOGGING_JARS = (Artifact('org.slf4j', 'slf4j-api', '2.0.20'),
                 Artifact('org.apache.logging.log4j', 'log4j-slf4j2-impl', '2.26.1'),
                 Artifact('org.apache.logging.log4j', 'log4j-core', '2.26.1'))
@@ -91,6 +92,7 @@ def kafka_cache(env: dict|None=None # variables to read (default: os.environ)
     base = Path(env['XDG_CACHE_HOME']) if env.get('XDG_CACHE_HOME') else Path(env.get('HOME') or Path.home())/'.cache'
     return (base/'streamml'/f'kafka-{KAFKA_VERSION}').expanduser().resolve()
 
+# %% ../nbs/06_jvm.ipynb #d6b14338
 @dataclass(frozen=True)
 class KafkaJars:
     "Where the fetched classpaths and the log4j2 configuration live."
@@ -112,6 +114,7 @@ def _tail(text: str, n: int=15) -> str:
     "The last `n` lines of `text`."
     return '\n'.join(text.strip().splitlines()[-n:])
 
+# %% ../nbs/06_jvm.ipynb #8fb06d74
 def _mvn(pom: Path, out: Path) -> None:
     "Copy the runtime dependencies of `pom` into `out`; `BrokerError` with Maven's last lines when it fails."
     mvn = shutil.which('mvn')
@@ -122,6 +125,7 @@ def _mvn(pom: Path, out: Path) -> None:
     if r.returncode: raise BrokerError(f'Maven could not fetch the {pom.parent.name} jars (exit {r.returncode}):\n'
                                        f'{_tail(r.stdout + r.stderr)}')
 
+# %% ../nbs/06_jvm.ipynb #cb13dd10
 def _fetch_classpath(jars: KafkaJars, kind: str) -> None:
     "Fetch one classpath into `<cache>/<kind>/lib`, through a temporary folder renamed when complete."
     d = jars.root/kind; d.mkdir(parents=True, exist_ok=True)
@@ -162,6 +166,7 @@ def java_bin() -> str:
     if not j: raise BrokerError('Java 17 or newer is needed for Apache Kafka 4.4: `apt-get install openjdk-17-jre-headless`')
     return j
 
+# %% ../nbs/06_jvm.ipynb #8a4bd98b
 def java_cmd(jars: KafkaJars,                      # fetched jars
              kind: str,                            # classpath: 'broker' or 'connect'
              main: str,                            # main class
@@ -222,11 +227,24 @@ def node_properties(node_id: int,         # this node (1..N)
                          'listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config': SCRAM_LOGIN}
     return props
 
+# %% ../nbs/06_jvm.ipynb #a59e981a
+def _escape(text: str, key: bool=False) -> str:
+    "`text` for a `.properties` line as Java reads it (ISO-8859-1): backslash, controls and non-ASCII escaped, and in a key `=`, `:`, `#`, `!` and spaces."
+    out = []
+    for i, ch in enumerate(text):
+        if ch in '\\\t\n\r\f': out.append('\\' + {'\\': '\\', '\t': 't', '\n': 'n', '\r': 'r', '\f': 'f'}[ch])
+        elif ch in '=:#! ' and (key or (ch == ' ' and i == 0)): out.append('\\' + ch)   # a value's leading space too
+        elif not ' ' <= ch <= '~':
+            b = ch.encode('utf-16-be', 'surrogatepass')
+            out += [f'\\u{int.from_bytes(b[j:j + 2], "big"):04x}' for j in range(0, len(b), 2)]
+        else: out.append(ch)
+    return ''.join(out)
+
 def write_properties(path: Path, # file to write
                      props: dict # key -> value
                     ) -> Path:
-    "Write a Java `.properties` file (one `key=value` a line)."
-    path.write_text(''.join(f'{k}={v}\n' for k, v in props.items())); return path
+    "Write a Java `.properties` file (one `key=value` a line), escaped so that Java reads back exactly `props`."
+    path.write_text(''.join(f'{_escape(str(k), True)}={_escape(str(v))}\n' for k, v in props.items()), encoding='ascii'); return path
 
 # %% ../nbs/06_jvm.ipynb #c9e3aa35
 SCRAM_USER = re.compile(r'[A-Za-z0-9._@-]{1,64}')
@@ -246,6 +264,7 @@ def check_scram(user: str, password: str) -> tuple[str, str]:
         raise ConfigError('SCRAM password: 1-128 characters, no whitespace, quotes or backslash')
     return user, password
 
+# %% ../nbs/06_jvm.ipynb #66acfaa7
 def scram_credential(user: str,            # SCRAM user
                      password: str,        # its password
                      iterations: int=8192  # PBKDF2 iterations

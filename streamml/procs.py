@@ -52,6 +52,7 @@ def die_with_parent() -> None:
     try: ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError: pass
 
+# %% ../nbs/04_procs.ipynb #57c4eebf
 def terminate(procs,              # Popen objects (or one)
               grace: float=5.0    # seconds between SIGTERM and SIGKILL
              ) -> list[int|None]:
@@ -65,6 +66,7 @@ def terminate(procs,              # Popen objects (or one)
         except subprocess.TimeoutExpired: p.kill(); p.wait()
     return [p.returncode for p in procs]
 
+# %% ../nbs/04_procs.ipynb #fa3f38ca
 def kill_tree(pid: int # a child's pid
              ) -> None:
     "SIGKILL a process and all its descendants (e.g. papermill and its kernel)."
@@ -91,6 +93,7 @@ def port_is_free(port: int,             # TCP port
         try: s.bind((host, port)); return True
         except OSError: return False
 
+# %% ../nbs/04_procs.ipynb #a79124d0
 def answers(host: str,            # address
             port: int,            # TCP port
             timeout: float=0.5    # seconds for the connection attempt

@@ -18,8 +18,8 @@ from .scoring import is_regressor
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'POLICY_FIELDS', 'HISTORY', 'CHANGE_MIN', 'Policy', 'policy_file', 'load_policy_config', 'policy_for',
-           'ModelState', 'change_point', 'decide', 'Retrainer']
+__all__ = ['log', 'POLICY_FIELDS', 'POLICY_TYPES', 'HISTORY', 'CHANGE_MIN', 'Policy', 'policy_file', 'load_policy_config',
+           'policy_for', 'ModelState', 'change_point', 'decide', 'Retrainer']
 
 # %% ../nbs/23_retrain.ipynb #2bc1c9db
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class Policy:
 POLICY_FIELDS = {f.name for f in fields(Policy)}
 
 # %% ../nbs/23_retrain.ipynb #48caade6
+POLICY_TYPES = {'drift_threshold': (int, float, type(None)), 'min_rows': int, 'every_n_rows': int, 'bootstrap_rows': int,
+                'cooldown_s': (int, float), 'parameters': (dict, type(None)), 'window_parameter': (str, type(None))}  # JSON types per field
+
 def _read_policy_text(text: str, where: str) -> dict:
     "The policy JSON object in `text`, or `ConfigError` naming where it came from."
     try: cfg = json.loads(text)
@@ -45,8 +48,11 @@ def _read_policy_text(text: str, where: str) -> dict:
     for k, v in cfg.items():
         if k != 'default' and not MODEL_NAME.fullmatch(k): raise ConfigError(f'{where}: {k!r} is not a model name')
         if bad := set(v) - POLICY_FIELDS: raise ConfigError(f'{where}: unknown policy fields {sorted(bad)} (known: {sorted(POLICY_FIELDS)})')
+        for f, x in v.items():
+            if isinstance(x, bool) or not isinstance(x, POLICY_TYPES[f]): raise ConfigError(f'{where}: {k}.{f} has the wrong type: {x!r}')
     return cfg
 
+# %% ../nbs/23_retrain.ipynb #eea93326
 def policy_file(s: Settings) -> Path:
     "The operator's policy file, `$STREAMML_HOME/retrain.json`."
     return s.path('retrain.json')
@@ -59,10 +65,12 @@ def load_policy_config(s: Settings,          # settings (home)
     cfg, f = {}, policy_file(s)
     if f.is_file(): cfg = _read_policy_text(f.read_text(), str(f))
     if v := (env.get('STREAMML_RETRAIN_POLICY') or '').strip():
-        text, where = (v, 'STREAMML_RETRAIN_POLICY') if v.startswith('{') else (Path(v).read_text(), v)
+        try: text, where = (v, 'STREAMML_RETRAIN_POLICY') if v.startswith('{') else (Path(v).read_text(), v)
+        except OSError as e: raise ConfigError(f'STREAMML_RETRAIN_POLICY: {v} is not JSON and not a readable file ({e.strerror})') from None
         for k, part in _read_policy_text(text, where).items(): cfg[k] = {**cfg.get(k, {}), **part}
     return cfg
 
+# %% ../nbs/23_retrain.ipynb #759e741d
 def policy_for(cfg: dict,  # merged configuration
                model: str  # model name
               ) -> Policy:
@@ -165,6 +173,7 @@ def reload_policy(self: Retrainer, force: bool=False) -> dict:
         self._cfg_key = key
     return self._cfg
 
+# %% ../nbs/23_retrain.ipynb #028fdf03
 @patch
 def held_back(self: Retrainer, model: str, trigger: str, st: ModelState) -> bool:
     "True when the database says the decision is moot: a build of `model` is waiting or running, or the champion it judged was replaced."
@@ -192,6 +201,7 @@ def _decide(self: Retrainer, model: str, cfg: dict, n_rows: int, now: float) -> 
     if since_change and pol.window_parameter: params[pol.window_parameter] = int(since_change)
     return json.loads(command_event(model, trigger, reason, params or None))
 
+# %% ../nbs/23_retrain.ipynb #448dcbc1
 @patch
 def after_commit(self: Retrainer,
                  outcomes: dict,  # `scoring.score_rows` of the committed batch
