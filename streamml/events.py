@@ -264,8 +264,9 @@ class EventsMetrics:
 # %% ../nbs/21_events.ipynb #baa0de7a
 def _parts(s: Settings, o: EventsOptions) -> dict:
     "Every part the processor uses, made once."
-    from streamml.broker import cluster_id
+    from streamml.broker import cluster_id, require_broker
     from streamml.builds import request_build as _rb, BuildWorker
+    require_broker(s)   # with SASL, a refused login ends here within a second, saying so
     request_build = lambda conn, s, cmd, src: _rb(conn, cmd.model, cmd.trigger, cmd.reason, cmd.parameters, src, train_dir=s.train_dir)  # TODO-MERGE-BUILDS
     try: cluster = cluster_id(s)
     except Exception as e: raise BrokerError(f'no Kafka broker answers at {s.bootstrap_servers} ({e}); start one with `streamml broker` or `streamml up`') from None

@@ -151,7 +151,10 @@ def _settings(args, s: Settings) -> Settings:
 # %% ../nbs/45_up.ipynb #d63c7869
 def _broker(args, s: Settings) -> tuple[Broker|None, Settings]:
     "Start the broker when none is configured; the settings pointing at it."
-    if not s.embedded: _line('broker', f'{s.bootstrap_servers} (configured; not started here)'); return None, s
+    if not s.embedded:
+        from streamml.broker import require_broker
+        require_broker(s)   # it answers (and, with SASL, accepts our login) before anything is started
+        _line('broker', f'{s.bootstrap_servers} (configured; not started here)'); return None, s
     b = Broker(s, args.engine, args.broker_port or int(s.bootstrap_servers.rsplit(':', 1)[1]))
     try: boot = b.start()
     except BrokerError as e: raise BrokerError(f'{e}. Is another `streamml up` running? To use a running broker, set STREAMML_BOOTSTRAP_SERVERS.') from None

@@ -1,8 +1,15 @@
-"""Shared fixtures: one embedded broker per test session, a MariaDB database per run, isolated settings.
+"""Shared fixtures: one broker per engine per test session, a MariaDB database per run, isolated settings.
 
-Tests that claim integration use these real parts: the Kafka protocol through kafka-python against Tansu,
+Tests that claim integration use these real parts: the Kafka protocol through kafka-python against both engines,
 MariaDB on 127.0.0.1:3306 (`scripts/start-mariadb.sh` installs, starts and sets it up), SQLite files in a
 temporary home. The helpers themselves live in `streamml.testing`, shared with the benchmarks.
+
+Engines. `broker` is one parametrised, session-scoped fixture: every test that uses it (directly, or through
+`settings`) runs once against Tansu (the embedded broker, `embedded` client profile) and once against a one-node
+Apache Kafka 4.4 cluster (`kafka` profile: idempotent producer, `acks=all`). pytest groups the tests by engine and
+tears one broker down before it starts the next, so one broker runs at a time. `STREAMML_TEST_ENGINES=tansu` (or
+`kafka`) narrows a run to one engine; the default is both. A test that is about Tansu itself says so with
+`@tansu_only` and a reason. The 3-node cluster (faults, SCRAM, Kafka Connect) lives in tests/test_cluster.py.
 """
 import os, subprocess, sys
 from pathlib import Path
@@ -13,16 +20,33 @@ from streamml.testing import wait_for, unique_topics, settings_for, scratch_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MARIADB_SERVER = mariadb_server()
+ENGINES = [e.strip() for e in os.environ.get('STREAMML_TEST_ENGINES', 'tansu,kafka').split(',') if e.strip()]
+assert ENGINES and set(ENGINES) <= {'tansu', 'kafka'}, f'STREAMML_TEST_ENGINES: tansu and/or kafka, not {ENGINES}'
 
-@pytest.fixture(scope='session')
-def broker(tmp_path_factory):
-    "The session's embedded broker (Tansu) on a free loopback port."
-    log = tmp_path_factory.mktemp('broker')/'broker.log'
-    with EmbeddedBroker(free_port(), log_path=log) as b: yield b
+def tansu_only(reason: str):
+    "Run a test that uses `broker` on Tansu only; `reason` says why it is about Tansu (shown in the test id's docs)."
+    assert reason
+    return pytest.mark.parametrize('broker', ['tansu'], indirect=True)
+
+@pytest.fixture(scope='session', params=ENGINES)
+def broker(request, tmp_path_factory):
+    "The session's broker of one engine: Tansu on a free port, or a one-node Apache Kafka 4.4 cluster (stopped at the end)."
+    if request.param == 'tansu':
+        with EmbeddedBroker(free_port(), log_path=tmp_path_factory.mktemp('broker')/'broker.log') as b: yield b
+        return
+    from streamml.cluster import KafkaCluster, free_ports
+    from streamml.jvm import fetch_jars
+    with KafkaCluster(tmp_path_factory.mktemp('kafka1')/'kafka', nodes=1, port=free_ports(1), jars=fetch_jars()) as c:
+        yield c
+
+@pytest.fixture
+def engine_name(broker) -> str:
+    "'tansu' or 'kafka': the engine of the `broker` this test runs on."
+    return 'tansu' if isinstance(broker, EmbeddedBroker) else 'kafka'
 
 @pytest.fixture
 def settings(tmp_path, broker):
-    "Settings with a temporary home (SQLite), the session broker and fresh topics, already created."
+    "Settings with a temporary home (SQLite), the session broker (with its client profile) and fresh topics, already created."
     s = settings_for(tmp_path/'home', broker, topics=unique_topics())
     create_topics(s)
     return s
@@ -46,3 +70,13 @@ def streamml(*args, env=None, timeout=120, check=True, **kw):
                        text=True, timeout=timeout, **kw)
     if check and r.returncode != 0: raise AssertionError(f'streamml {args} -> {r.returncode}\n{r.stdout}\n{r.stderr}')
     return r
+
+def java_processes() -> list:
+    "Java processes running now (psutil), to check that a fixture stopped its JVMs."
+    import psutil
+    out = []
+    for p in psutil.process_iter(['name', 'cmdline']):
+        try:
+            if (p.info['name'] or '').startswith('java') or 'java' in ' '.join((p.info['cmdline'] or [])[:1]): out.append(p)
+        except psutil.Error: pass
+    return out
