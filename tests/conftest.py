@@ -28,15 +28,30 @@ def tansu_only(reason: str):
     assert reason
     return pytest.mark.parametrize('broker', ['tansu'], indirect=True)
 
+def quiet_ports(n: int) -> int:
+    """The first of `n` consecutive free ports below the kernel's ephemeral range, for Kafka nodes that get killed.
+
+    A node's port taken from the ephemeral range (`free_port`) can be gone when the node restarts: clients keep
+    reconnecting to the dead port, and on loopback one of those attempts can draw that very port as its own source
+    port and connect to itself (TCP simultaneous open), so `restart` finds the port in use. Below the range no
+    outgoing connection takes it."""
+    import random
+    from streamml.procs import port_is_free
+    lo = int(Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()[0])
+    for _ in range(500):
+        base = random.randrange(12_000, lo - n)
+        if all(port_is_free(base + i) for i in range(n)): return base
+    raise RuntimeError(f'no {n} consecutive free ports below {lo}')
+
 @pytest.fixture(scope='session', params=ENGINES)
 def broker(request, tmp_path_factory):
     "The session's broker of one engine: Tansu on a free port, or a one-node Apache Kafka 4.4 cluster (stopped at the end)."
     if request.param == 'tansu':
         with EmbeddedBroker(free_port(), log_path=tmp_path_factory.mktemp('broker')/'broker.log') as b: yield b
         return
-    from streamml.cluster import KafkaCluster, free_ports
+    from streamml.cluster import KafkaCluster
     from streamml.jvm import fetch_jars
-    with KafkaCluster(tmp_path_factory.mktemp('kafka1')/'kafka', nodes=1, port=free_ports(1), jars=fetch_jars()) as c:
+    with KafkaCluster(tmp_path_factory.mktemp('kafka1')/'kafka', nodes=1, port=quiet_ports(1), jars=fetch_jars()) as c:
         yield c
 
 @pytest.fixture
