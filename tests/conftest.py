@@ -86,12 +86,24 @@ def streamml(*args, env=None, timeout=120, check=True, **kw):
     if check and r.returncode != 0: raise AssertionError(f'streamml {args} -> {r.returncode}\n{r.stdout}\n{r.stderr}')
     return r
 
-def java_processes() -> list:
-    "Java processes running now (psutil), to check that a fixture stopped its JVMs."
+def jvms_under(folder) -> list:
+    "Java processes whose command line names `folder` (the nodes and Connect workers of this test session)."
     import psutil
     out = []
     for p in psutil.process_iter(['name', 'cmdline']):
         try:
-            if (p.info['name'] or '').startswith('java') or 'java' in ' '.join((p.info['cmdline'] or [])[:1]): out.append(p)
+            cmd = p.info['cmdline'] or []
+            if cmd and Path(cmd[0]).name.startswith('java') and str(folder) in ' '.join(cmd): out.append(p)
         except psutil.Error: pass
     return out
+
+@pytest.fixture(scope='session', autouse=True)
+def no_jvm_left(tmp_path_factory):
+    "After the session (every fixture that started a JVM has stopped it): no Java process of ours still runs."
+    yield
+    import psutil
+    base = tmp_path_factory.getbasetemp()
+    left = jvms_under(base)
+    if left:
+        for p in left: p.kill()
+        raise AssertionError(f'{len(left)} Java process(es) left running under {base}: {[p.pid for p in left]}')

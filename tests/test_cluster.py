@@ -1,9 +1,12 @@
-"""Apache Kafka 4.4 engine: a real 3-node KRaft cluster with a SCRAM listener, leader failover, Kafka Connect
-standalone with the config/ sinks, and `streamml broker --engine kafka` as a process.
+"""Apache Kafka 4.4 on a real 3-node KRaft cluster with a SCRAM listener: the engine itself (replication, failover,
+SCRAM, Kafka Connect standalone with the config/ sinks, `streamml broker --engine kafka` as a process), and the real
+loop on it: kill -9 of a partition leader under `streamml events` and under `streamml predictions`, the whole loop
+through SCRAM with a wrong password failing in seconds, and Kafka Connect's sink files against streamml's archive.
 
-Real JVMs and kafka-python, no mocks; every wait polls for its condition with a deadline. One cluster serves the
-module (started once, ~10-15 s on 2 cores); the failover test restarts the node it killed, so later tests see
-three brokers again.
+Real JVMs, real child processes and kafka-python, no mocks; every wait polls for its condition with a deadline. One
+cluster serves the module (the fault, authentication and Connect tests share it; started once, ~10-15 s on 2 cores);
+a test that kills a node restarts it, so later tests see three brokers again. The nodes listen below the ephemeral
+port range (`conftest.quiet_ports`), so a killed node's port is still free when it restarts.
 """
 import json, os, signal, subprocess, sys, threading, time, uuid
 import psutil, pytest, sqlalchemy as sa
@@ -406,6 +409,17 @@ def test_whole_loop_through_scram_and_a_wrong_password_fails_in_seconds(kafka3, 
         assert err.startswith('error: ') or '\nerror: ' in err, err[-2000:]
         assert 'refused the credentials' in err and repr(USER) in err and 'STREAMML_KAFKA_CONFIG' in err, err[-2000:]
         assert 'Traceback' not in err and 'not-the-password' not in err + r.stdout, err[-2000:]
+    # `serve` answers HTTP without Kafka, so it runs on; its champions follower says the login was refused, and stops trying
+    from streamml.procs import free_port
+    log = tmp_path/'serve.log'
+    sv = service(s, log, 'serve', '--port', str(free_port()), env={'STREAMML_KAFKA_CONFIG': bad['STREAMML_KAFKA_CONFIG']})
+    t0 = time.monotonic()
+    try:
+        wait_for(lambda: said(log, 'refused the credentials') or sv.poll() is not None, 30, 'the follower to say the login was refused')
+        took['serve_follower'] = time.monotonic() - t0
+        assert sv.poll() is None and 'not following' in log.read_text() and 'retrying' not in log.read_text()
+    finally:
+        sv.terminate(); sv.wait(30)
     report('scram: wrong password', **{f'{k}_fails_in_s': v for k, v in took.items()})
 
 
