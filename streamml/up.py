@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 from .config import Settings, child_env, ensure_home
-from .procs import StopFlag, terminate, answers
+from .procs import StopFlag, terminate, answers, die_with_parent
 from .errors import BrokerError, StreamMLError
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ def start_child(c: Component,   # what to start
     c.log_path = logs/f'{c.name}.log'
     with open(c.log_path, 'ab') as out:
         c.proc = subprocess.Popen([sys.executable, '-m', 'streamml.cli', *c.argv], env=child_env(s), stdout=out,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=s.project_root)
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=s.project_root,
+                                  preexec_fn=die_with_parent)   # an `up` killed with -9 leaves no unsupervised service behind
     return c
 
 def champion_lines(engine, seen: dict) -> list[str]:

@@ -60,7 +60,12 @@ def test_up_restarts_its_killed_broker_and_rows_are_stored_again(tmp_path):
         p.send_signal(signal.SIGINT)
         assert p.wait(30) == 0, text()[-3000:]
     finally:
-        if p.poll() is None: p.kill(); p.wait()
+        if p.poll() is None:
+            kids = psutil.Process(p.pid).children(recursive=True)
+            p.kill(); p.wait()
+            for k in kids:
+                try: k.kill()
+                except psutil.Error: pass
     line = {'test': 'up: embedded broker killed', 'engine': 'tansu', 'restart_took_s': float(m.group(1)),
             'restart_line_after_s': round(restarted_s, 2), 'rows_stored_again_after_restart_s': float(again.group(1)),
             'partitions': parts[next(iter(parts))]}
