@@ -17,9 +17,13 @@ from test_serving_helpers import tree_version, linear_version, promote, Response
 
 
 def start(s, *argv):
-    "A `streamml` service as a child process with the test's settings (log on a pipe)."
-    return subprocess.Popen([sys.executable, '-m', 'streamml.cli', *argv], env=child_env(s), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    "A `streamml` service as a child process with the test's settings; its log goes to a file in the home (a pipe nobody
+    reads fills up and blocks the service once it has logged 64 KiB, as a chatty client on a 3-node cluster does)."
+    log = open(s.path(f'{argv[0]}.log'), 'w+b')
+    p = subprocess.Popen([sys.executable, '-m', 'streamml.cli', *argv], env=child_env(s), cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=log)
+    p.log = log
+    return p
 
 def send(s, topic, records):
     "Produce `(value, headers, key)` records in order; their offsets."
@@ -106,7 +110,7 @@ def test_hostile_corpus_through_the_real_loop(hostile_settings):
         for p in (evp, prp):
             if p.poll() is None: p.send_signal(signal.SIGTERM)
         for p in (evp, prp):
-            try: assert p.wait(20) == 0, p.stderr.read().decode()[-3000:]
+            try: assert p.wait(20) == 0, (p.log.seek(0), p.log.read().decode(errors='replace')[-3000:])[1]
             finally:
                 if p.poll() is None: p.kill()
         eng.dispose()

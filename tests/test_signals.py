@@ -54,10 +54,17 @@ SIGNALS = pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['
 
 @BUSY
 @SIGNALS
-@pytest.mark.parametrize('name', ['events', 'predictions', 'serve', 'dashboard', 'demo'])
+@pytest.mark.parametrize('name', ['events', 'predictions', 'serve', 'demo'])
 def test_stops_cleanly(name, sig, busy, broker, tmp_path):
     "A service talking to the session's broker (both engines) stops within 2 s."
     stops_cleanly(name, sig, busy, broker, tmp_path)
+
+
+@BUSY
+@SIGNALS
+@tansu_only('the dashboard (Voila) reads the database only: it does not talk to a broker')
+def test_dashboard_stops_cleanly(sig, busy, broker, tmp_path):
+    stops_cleanly('dashboard', sig, busy, broker, tmp_path)
 
 
 @BUSY
