@@ -17,8 +17,8 @@ from test_serving_helpers import tree_version, linear_version, promote, Response
 
 
 def start(s, *argv):
-    "A `streamml` service as a child process with the test's settings; its log goes to a file in the home (a pipe nobody
-    reads fills up and blocks the service once it has logged 64 KiB, as a chatty client on a 3-node cluster does)."
+    """A `streamml` service as a child process with the test's settings; its log goes to a file in the home (a pipe
+    nobody reads fills up and blocks the service once it has logged 64 KiB)."""
     log = open(s.path(f'{argv[0]}.log'), 'w+b')
     p = subprocess.Popen([sys.executable, '-m', 'streamml.cli', *argv], env=child_env(s), cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=log)
