@@ -4,12 +4,14 @@
 
 # %% ../nbs/90_bench.ipynb #b847e15c
 from __future__ import annotations
-import argparse, importlib, sys
+import argparse, contextlib, importlib, sys, tempfile
+from pathlib import Path
 from .config import Settings
+from .errors import ConfigError
 from .testing import emit
 
 # %% auto #0
-__all__ = ['BENCHES', 'run_bench', 'args_bench', 'cmd_bench']
+__all__ = ['BENCHES', 'take_engine', 'engine_of', 'on_engine', 'run_bench', 'args_bench', 'cmd_bench']
 
 # %% ../nbs/90_bench.ipynb #a0dfac80
 BENCHES = {  # name -> module holding bench_<name>
@@ -24,26 +26,56 @@ BENCHES = {  # name -> module holding bench_<name>
     'scale': 'streamml.bench_scale',
 }
 
-# %% ../nbs/90_bench.ipynb #0fa4b573
+# %% ../nbs/90_bench.ipynb #9e2b388f
+def take_engine(argv: list[str] # a bench's arguments, maybe holding `--engine tansu|kafka`
+               ) -> tuple:
+    "`(engine or None, the other arguments)`: `--engine E` / `--engine=E` taken out of `argv`."
+    rest, engine, it = [], None, iter(argv)
+    for a in it:
+        if a == '--engine': engine = next(it, None)
+        elif a.startswith('--engine='): engine = a.split('=', 1)[1]
+        else: rest.append(a)
+    if engine not in (None, 'tansu', 'kafka'): raise ConfigError(f'--engine must be tansu or kafka, not {engine!r}')
+    return engine, rest
+
+def engine_of(s: Settings) -> str:
+    "The engine `s` talks to, as a result line names it: 'tansu' (embedded profile) or 'kafka'."
+    return 'tansu' if s.kafka_profile == 'embedded' else 'kafka'
+
+@contextlib.contextmanager
+def on_engine(s: Settings,       # the caller's settings
+              engine: str|None   # 'tansu', 'kafka', or None (as configured)
+             ):
+    "Settings for benches on `engine`; for 'kafka' a one-node cluster runs in a scratch folder meanwhile."
+    if engine is None: yield s; return
+    if engine == 'tansu': yield s.with_(embedded=True, kafka_profile='embedded', kafka_overrides={}); return
+    from streamml.cluster import KafkaCluster, free_ports
+    with tempfile.TemporaryDirectory(prefix='streamml-bench-kafka-') as d, KafkaCluster(Path(d)/'kafka', 1, free_ports(1)) as c:
+        yield s.with_(bootstrap_servers=c.bootstrap, embedded=False, kafka_profile='kafka', kafka_overrides={})
+
+# %% ../nbs/90_bench.ipynb #620cf3ef
 def run_bench(name: str,          # a key of BENCHES
               s: Settings,        # settings
               argv: list[str]=()  # the bench's own arguments
              ) -> list[dict]:
-    "Run one bench, printing its JSON lines; returns them."
+    "Run one bench, printing its JSON lines (each naming the `engine` it ran on); returns them."
     mod = importlib.import_module(BENCHES[name])
     fn = getattr(mod, f'bench_{name}', None)
     if fn is None: raise SystemExit(f'bench {name}: not built yet (module {BENCHES[name]})')
-    return [emit(line) for line in fn(s, list(argv))]
+    return [emit({**line, 'engine': engine_of(s)}) for line in fn(s, list(argv))]
 
 def args_bench(p):
     "Arguments of `streamml bench`."
     p.add_argument('name', choices=[*BENCHES, 'all'], help='which benchmark (all: every one, small defaults)')
-    p.add_argument('rest', nargs=argparse.REMAINDER, help="the bench's own options (see `streamml bench NAME --help`)")
+    p.add_argument('rest', nargs=argparse.REMAINDER, help="the bench's own options (see `streamml bench NAME --help`), and "
+                   "--engine tansu|kafka: the broker to measure on (default: the configured cluster, else an embedded Tansu)")
 
 def cmd_bench(args, s: Settings) -> int:
-    "`streamml bench NAME [options]`: JSON lines on stdout."
+    "`streamml bench NAME [--engine tansu|kafka] [options]`: JSON lines on stdout."
     names = list(BENCHES) if args.name == 'all' else [args.name]
-    for n in names:
-        try: run_bench(n, s, args.rest if args.name != 'all' else [])
-        except ModuleNotFoundError as e: print(f'bench {n}: not built yet ({e.name})', file=sys.stderr)
+    engine, rest = take_engine(args.rest)
+    with on_engine(s, engine) as s:
+        for n in names:
+            try: run_bench(n, s, rest if args.name != 'all' else [])
+            except ModuleNotFoundError as e: print(f'bench {n}: not built yet ({e.name})', file=sys.stderr)
     return 0

@@ -8,13 +8,14 @@ import logging, os, stat, subprocess, sys, time, uuid
 from pathlib import Path
 from .config import Settings, make_admin
 from .procs import StopFlag, free_port, port_is_free, die_with_parent, terminate, answers
-from .errors import BrokerError, ConfigError
+from .errors import BrokerError, ConfigError, KafkaAuthError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'broker_binary', 'fetch_cluster_id', 'EmbeddedBroker', 'replication', 'create_topics', 'require_broker',
-           'cluster_id', 'cluster_lines', 'kafka_broker', 'args_broker', 'cmd_broker', 'args_topics', 'cmd_topics']
+           'sasl_configured', 'require_login', 'cluster_id', 'cluster_lines', 'kafka_broker', 'args_broker',
+           'cmd_broker', 'args_topics', 'cmd_topics']
 
 # %% ../nbs/05_broker.ipynb #7b2515a8
 def broker_binary() -> str:
@@ -38,6 +39,7 @@ def fetch_cluster_id(bootstrap: str,          # host:port
 # %% ../nbs/05_broker.ipynb #881e38df
 class EmbeddedBroker:
     "A Tansu broker child process on loopback with a fresh cluster id."
+    kafka_profile = 'embedded'                     # the client profile (`config.KAFKA_PROFILES`) for this engine
     def __init__(self, port: int=9092,            # TCP port to listen on
                  host: str='127.0.0.1',            # interface (loopback unless told otherwise)
                  log_path: str|Path|None=None):    # where the broker's output goes (default: discarded)
@@ -111,16 +113,36 @@ def create_topics(s: Settings,              # settings (bootstrap servers, topic
         return res
     finally: admin.close()
 
-def require_broker(s: Settings,       # settings (bootstrap servers)
+def require_broker(s: Settings,       # settings (bootstrap servers, security settings)
                    timeout: float=2.0   # seconds per server
                   ) -> None:
-    "Return when a bootstrap server accepts connections; else `BrokerError` saying where it looked and what to do."
+    "Return when a bootstrap server accepts connections (and, with SASL, our login); else `BrokerError` saying what to do."
     for hp in s.bootstrap_servers.split(','):
         host, _, port = hp.strip().rpartition(':')
-        if port.isdigit() and answers(host or '127.0.0.1', int(port), timeout): return
+        if port.isdigit() and answers(host or '127.0.0.1', int(port), timeout):
+            if sasl_configured(s): require_login(s)
+            return
     how = ('the embedded broker is used because STREAMML_BOOTSTRAP_SERVERS is unset: start it with `streamml broker`, '
            'or the whole system with `make up`' if s.embedded else 'set by STREAMML_BOOTSTRAP_SERVERS: check that the cluster is up and reachable')
     raise BrokerError(f'no Kafka broker answers at {s.bootstrap_servers} ({how})')
+
+def sasl_configured(s: Settings # settings
+                   ) -> bool:
+    "True when `STREAMML_KAFKA_CONFIG` gives a SASL protocol or mechanism (so there is a login to check)."
+    return any('SASL' in str(sec.get('security_protocol', '')).upper() or sec.get('sasl_mechanism')
+               for sec in s.kafka_overrides.values() if isinstance(sec, dict))
+
+def require_login(s: Settings,        # settings with SASL credentials
+                  timeout: float=10.0 # seconds
+                 ) -> None:
+    "Log in once (`cluster.check_login`, under a second); a refused login is `KafkaAuthError` naming the user and the file."
+    from streamml.cluster import check_login   # lazy: only SASL users need it
+    try: check_login(s, timeout)
+    except KafkaAuthError as e:
+        user = next((sec['sasl_plain_username'] for sec in s.kafka_overrides.values() if 'sasl_plain_username' in sec), None)
+        raise KafkaAuthError(f'the Kafka cluster at {s.bootstrap_servers.split(",")[0]} refused the credentials of {user!r} ({e}); '
+                             f'they come from STREAMML_KAFKA_CONFIG={s.kafka_config_path}: fix sasl_plain_username / '
+                             f'sasl_plain_password there (a refused login is not retried)') from None
 
 def cluster_id(s: Settings # settings (bootstrap servers)
               ) -> str:

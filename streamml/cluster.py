@@ -32,6 +32,7 @@ def free_ports(n: int,               # consecutive ports wanted
 # %% ../nbs/07_cluster.ipynb #31fcb40c
 class KafkaCluster:
     "N combined broker+controller Apache Kafka nodes on loopback, their data kept under `data_dir`."
+    kafka_profile = 'kafka'                                  # the client profile (`config.KAFKA_PROFILES`) for this engine
     def __init__(self, data_dir: str|Path,               # node folders and cluster.json (kept across restarts)
                  nodes: int=1,                           # combined broker+controller nodes: 1 or 3
                  port: int=9092,                         # client port of node 1; node i serves port+i-1

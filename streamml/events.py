@@ -276,8 +276,11 @@ class EventsMetrics:
 # %% ../nbs/21_events.ipynb #baa0de7a
 def _parts(s: Settings, o: EventsOptions) -> dict:
     "Every part the processor uses, made once."
-    from streamml.broker import cluster_id
+    from streamml.broker import cluster_id, require_broker
     from streamml.builds import request_build, BuildWorker
+    from streamml.params import warm_inspection
+    require_broker(s)   # with SASL, a refused login ends here within a second, saying so
+    warm_inspection()   # papermill's ~3 s import, off the path of the first command
     try: cluster = cluster_id(s)
     except Exception as e: raise BrokerError(f'no Kafka broker answers at {s.bootstrap_servers} ({e}); start one with `streamml broker` or `streamml up`') from None
     engine = make_engine(s); init_db(engine)

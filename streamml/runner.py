@@ -174,13 +174,14 @@ class Runner:
 
 # %% ../nbs/09_runner.ipynb #6aa8bb35
 @patch
-def _assign_all(self: Runner, stop: StopFlag) -> bool:
-    "Without a group: assign every partition of the topic once it exists, from the beginning."
+def _await_partitions(self: Runner, stop: StopFlag) -> bool:
+    "Wait until the topic's partitions are known; without a group assign them all, from the beginning. False if stopped first."
     from kafka import TopicPartition
-    while not stop:
+    while not stop:   # a group joined before then gets no partition until the next metadata refresh (up to 5 min)
         if parts := self.consumer.partitions_for_topic(self.o.topic):
-            self.consumer.assign([TopicPartition(self.o.topic, p) for p in sorted(parts)])
-            self.consumer.seek_to_beginning(); return True
+            if self.o.group is None:
+                self.consumer.assign([TopicPartition(self.o.topic, p) for p in sorted(parts)]); self.consumer.seek_to_beginning()
+            return True
         stop.wait(0.2)
     return False
 
@@ -375,7 +376,7 @@ def run(self: Runner, stop: StopFlag) -> int:
     "Consume until `stop` is set; the batch in hand is finished and committed. Returns 0."
     self.consumer = self._consumer()
     try:
-        if self.o.group is None and not self._assign_all(stop): return 0
+        if not self._await_partitions(stop): return 0
         log.info('%s: consuming %s%s', self.o.name, self.o.topic, f' as group {self.o.group}' if self.o.group else ' (every partition)')
         while not stop: self.poll_once(stop)
         return 0

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from .procs import StopFlag
 from .config import Settings
 from .db import live_accuracy, increment, minute, utcnow
-from .errors import StreamMLError, NoChampionError, UnknownModelError, BrokerError
+from .errors import StreamMLError, NoChampionError, UnknownModelError, BrokerError, KafkaAuthError
 from .messages import Limits, PredictionRequest, TrainingRow, make_response, parse_model_update
 from .runner import Processor, Runner, RunnerOptions
 from . import registry
@@ -121,7 +121,14 @@ def _follow(self: Champions) -> None:
     "Thread body: follow `model_update_topic` (every partition, from the beginning, no group) with the runner."
     topic = self.s.topics.model_update_topic
     opts = RunnerOptions('champions', topic, group=None, poll_ms=200, consumer=dict(fetch_max_wait_ms=200))  # updates are rare: a fetch 5 times a second
+    from streamml.broker import sasl_configured, require_login
     while not self._stop:
+        try:
+            if sasl_configured(self.s): require_login(self.s, 5.0)   # a refused login is final, and said in a second
+        except KafkaAuthError as e:
+            log.error('not following %s: %s (the periodic database check goes on)', topic, e); return
+        except BrokerError as e:   # not answering yet: tried again
+            log.warning('following %s: %s; retrying in 1 s', topic, e); self._stop.wait(1.0); continue
         try: Runner(self.s, opts, _Updates(self)).run(self._stop)
         except BrokerError as e:
             log.error('not following %s: %s (the periodic database check goes on)', topic, e); return

@@ -39,13 +39,14 @@ def settings_for(home: Path,               # the test's home
                  broker=None,              # an `EmbeddedBroker` (or anything with `.bootstrap`), or 'host:port'
                  db_url: str|None=None,    # database (default SQLite in the home)
                  topics: Topics|None=None, # topic names (default the standard ones)
-                 profile: str='embedded',  # Kafka client profile of that broker
+                 profile: str|None=None,   # Kafka client profile of that broker (default: its `kafka_profile`, else embedded)
                  **env                     # more STREAMML_* variables
                 ) -> Settings:
     "Settings for a test or a benchmark: its own home, a broker, a database, topic names."
     e = {'STREAMML_HOME': str(home), **{k: str(v) for k, v in env.items()}}
     if broker is not None:
-        e |= {'STREAMML_BOOTSTRAP_SERVERS': getattr(broker, 'bootstrap', broker), 'STREAMML_KAFKA_PROFILE': profile}
+        e |= {'STREAMML_BOOTSTRAP_SERVERS': getattr(broker, 'bootstrap', broker),
+              'STREAMML_KAFKA_PROFILE': profile or getattr(broker, 'kafka_profile', 'embedded')}
     if db_url: e['STREAMML_DB_URL'] = db_url
     s = load_settings(e)
     return s.with_(topics=topics) if topics else s

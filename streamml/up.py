@@ -4,19 +4,19 @@
 
 # %% ../nbs/45_up.ipynb #419b4325
 from __future__ import annotations
-import json, logging, os, subprocess, sys, time
+import contextlib, json, logging, os, signal, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 from .config import Settings, child_env, ensure_home
-from .procs import StopFlag, terminate, answers
+from .procs import StopFlag, terminate, answers, die_with_parent
 from .errors import BrokerError, StreamMLError
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'Component', 'plan', 'demo_settings', 'start_child', 'champion_lines', 'write_pointer', 'remove_pointer',
-           'Broker', 'args_up', 'cmd_up']
+           'Broker', 'paused', 'args_up', 'cmd_up']
 
 # %% ../nbs/45_up.ipynb #f0978cfc
 @dataclass
@@ -58,7 +58,8 @@ def start_child(c: Component,   # what to start
     c.log_path = logs/f'{c.name}.log'
     with open(c.log_path, 'ab') as out:
         c.proc = subprocess.Popen([sys.executable, '-m', 'streamml.cli', *c.argv], env=child_env(s), stdout=out,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=s.project_root)
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=s.project_root,
+                                  preexec_fn=die_with_parent)   # an `up` killed with -9 leaves no unsupervised service behind
     return c
 
 def champion_lines(engine, seen: dict) -> list[str]:
@@ -118,15 +119,31 @@ class Broker:
         if self.b is not None: self.b.stop()
 
 # %% ../nbs/45_up.ipynb #9352ce8e
+@contextlib.contextmanager
+def paused(procs: list # child processes (`subprocess.Popen`); those still running are paused
+          ):
+    "SIGSTOP the running `procs` for the block and SIGCONT them afterwards, even on error."
+    held = [p for p in procs if p is not None and p.poll() is None]
+    for p in held: os.kill(p.pid, signal.SIGSTOP)
+    try: yield held
+    finally:
+        for p in held:
+            try: os.kill(p.pid, signal.SIGCONT)
+            except ProcessLookupError: pass
+
 @patch
-def revive(self: Broker, s: Settings) -> str|None:
+def revive(self: Broker, s: Settings,
+           services: list=()  # our services' processes: paused while a Tansu restarts, until its topics exist
+          ) -> str|None:
     "When the broker died: restart it, recreate its topics (intended partitions) and say so; None while it runs."
     from streamml.broker import create_topics
     if self.alive(): return None
     self.stop(); t0 = time.monotonic()
-    self.start(); create_topics(s)
+    with paused(services if self.engine == 'tansu' else []):   # Tansu creates a topic a client asks about, with 4 partitions
+        self.start(); create_topics(s)
     self.restarts, self.restarted_at = self.restarts + 1, time.monotonic()
     return f'died; restarted in {time.monotonic() - t0:.1f} s ({self.describe()}), topics created again ({s.partitions} partition(s) each)'
+
 
 # %% ../nbs/45_up.ipynb #ea37642c
 def args_up(p):
@@ -151,7 +168,10 @@ def _settings(args, s: Settings) -> Settings:
 # %% ../nbs/45_up.ipynb #d63c7869
 def _broker(args, s: Settings) -> tuple[Broker|None, Settings]:
     "Start the broker when none is configured; the settings pointing at it."
-    if not s.embedded: _line('broker', f'{s.bootstrap_servers} (configured; not started here)'); return None, s
+    if not s.embedded:
+        from streamml.broker import require_broker
+        require_broker(s)   # it answers (and, with SASL, accepts our login) before anything is started
+        _line('broker', f'{s.bootstrap_servers} (configured; not started here)'); return None, s
     b = Broker(s, args.engine, args.broker_port or int(s.bootstrap_servers.rsplit(':', 1)[1]))
     try: boot = b.start()
     except BrokerError as e: raise BrokerError(f'{e}. Is another `streamml up` running? To use a running broker, set STREAMML_BOOTSTRAP_SERVERS.') from None
@@ -195,9 +215,9 @@ def _supervise(comps: list[Component], s: Settings, stop: StopFlag) -> None:
         if not stop.wait(min(30, 2 ** c.restarts)): start_child(c, s, s.path('logs'))
 
 @patch
-def watch(self: Broker, s: Settings, engine, rows_at_restart: list) -> None:
-    "Revive a dead broker; report when training rows are stored again after a restart."
-    if (line := self.revive(s)) is not None: _line('broker', line); rows_at_restart[:] = [_rows(engine)]
+def watch(self: Broker, s: Settings, engine, rows_at_restart: list, services: list=()) -> None:
+    "Revive a dead broker (pausing `services` meanwhile); report when training rows are stored again after a restart."
+    if (line := self.revive(s, services)) is not None: _line('broker', line); rows_at_restart[:] = [_rows(engine)]
     elif rows_at_restart and (n := _rows(engine)) is not None and rows_at_restart[0] is not None and n > rows_at_restart[0]:
         _line('broker', f'training rows stored again {time.monotonic() - self.restarted_at:.1f} s after the broker restarted')
         rows_at_restart.clear()
@@ -222,7 +242,7 @@ def cmd_up(args, s: Settings) -> int:
             try: lines = champion_lines(engine, seen)
             except Exception as e: lines = []; log.warning('champions not read: %s', str(e).splitlines()[0][:200])
             for line in lines: _line('champion', line)
-            if broker is not None: broker.watch(s, engine, since_restart)
+            if broker is not None: broker.watch(s, engine, since_restart, [c.proc for c in comps])
             _supervise(comps, s, stop)
             stop.wait(1)
         return 0

@@ -120,7 +120,10 @@ def test_mariadb_stopped_10s_mid_stream(settings, outage_db):
 # -- broker restart ------------------------------------------------------------------------------------------------
 
 def test_broker_restart_with_existing_db(tmp_path):
-    "A restarted embedded broker starts again at offset 0 with a new cluster id: its events are stored, not skipped."
+    """A restarted embedded broker starts again at offset 0 with a new cluster id: its events are stored, not skipped.
+
+    Tansu only, by nature: it keeps its log in memory, so a restart is a new, empty cluster. Apache Kafka keeps its log
+    and its cluster id across restarts; its restarts (kill -9 of a node under load) are in tests/test_cluster.py."""
     port = free_port()
     db = f'sqlite:///{tmp_path}/keep.db'
     topics = unique_topics('br')

@@ -3,7 +3,7 @@ within 2 s, and nothing it started left running — what systemd, a container ru
 """
 import signal, subprocess, sys, threading, time, uuid
 import psutil, pytest
-from conftest import ROOT
+from conftest import ROOT, tansu_only
 from streamml.broker import create_topics
 from streamml.config import child_env, make_producer
 from streamml.messages import training_event, prediction_request
@@ -48,10 +48,35 @@ def command(name, s, port):
             'up':          (['up', '--broker-port', port, '--services', 'events,predictions'], said('streamml is up'), 'events')}[name]
 
 
-@pytest.mark.parametrize('busy', [False, True], ids=['idle', 'busy'])
-@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
-@pytest.mark.parametrize('name', ['broker', 'events', 'predictions', 'serve', 'dashboard', 'demo', 'up'])
+BUSY = pytest.mark.parametrize('busy', [False, True], ids=['idle', 'busy'])
+SIGNALS = pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+
+
+@BUSY
+@SIGNALS
+@pytest.mark.parametrize('name', ['events', 'predictions', 'serve', 'demo'])
 def test_stops_cleanly(name, sig, busy, broker, tmp_path):
+    "A service talking to the session's broker (both engines) stops within 2 s."
+    stops_cleanly(name, sig, busy, broker, tmp_path)
+
+
+@BUSY
+@SIGNALS
+@tansu_only('the dashboard (Voila) reads the database only: it does not talk to a broker')
+def test_dashboard_stops_cleanly(sig, busy, broker, tmp_path):
+    stops_cleanly('dashboard', sig, busy, broker, tmp_path)
+
+
+@BUSY
+@SIGNALS
+@pytest.mark.parametrize('name', ['broker', 'up'])
+@tansu_only('`streamml broker` (no --engine) and `streamml up` start an embedded Tansu of their own; '
+            '`broker --engine kafka` on SIGTERM is tests/test_cluster.py')
+def test_own_broker_stops_cleanly(name, sig, busy, broker, tmp_path):
+    stops_cleanly(name, sig, busy, broker, tmp_path)
+
+
+def stops_cleanly(name, sig, busy, broker, tmp_path):
     port = free_port()
     s = settings_for(tmp_path/'home', broker if name != 'up' else f'127.0.0.1:{port}', topics=unique_topics(name))
     s = s.with_(project_root=stand_in_project(tmp_path/'proj')) if name in ('events', 'up') else s
