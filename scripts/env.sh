@@ -41,3 +41,26 @@
 # Largest event or request accepted, and where HTTP services listen.
 # export STREAMML_MAX_MESSAGE_BYTES=65536
 # export STREAMML_HOST=127.0.0.1 STREAMML_HTTP_PORT=8000 STREAMML_DASHBOARD_PORT=8866
+
+# Labels a training row may carry, lo:hi inclusive integers; a row outside is a dead letter with the reason.
+# export STREAMML_LABEL_RANGE=0:10
+
+# Log level of every service (DEBUG, INFO, WARNING, ERROR).
+# export STREAMML_LOG_LEVEL=INFO
+
+# Dashboard token (Voila's): visitors open the URL with ?token=.... Unset: no token on a loopback host (127.0.0.1),
+# a fresh one printed at start on any other interface. At most 4 live kernels (`streamml dashboard --max-kernels`).
+# export STREAMML_DASHBOARD_TOKEN=change-me
+
+# Retraining policy (JSON text or a file path; default $STREAMML_HOME/retrain.json), re-read while `events` runs.
+# export STREAMML_RETRAIN_POLICY='{"default": {"drift_threshold": 0.15, "min_rows": 200, "cooldown_s": 600}}'
+
+# Builds: seconds a training notebook may run (kernel start included); address space of the papermill child and its
+# kernel in MiB (0: no limit); builds of one model waiting at once (more are refused, HTTP 429); CPU niceness of the
+# child (0-19); promote when the metric is at least the champion's minus this; seconds without a heartbeat before
+# another host takes a build lock over.
+# export STREAMML_BUILD_TIMEOUT=900 STREAMML_BUILD_MEMORY_MB=8192 STREAMML_BUILD_MAX_QUEUED=3
+# export STREAMML_BUILD_NICENESS=10 STREAMML_BUILD_TOLERANCE=0 STREAMML_BUILD_STALE_AFTER=120
+
+# The checkout whose nbs/train/ holds the training notebooks (default: found from the package or the working folder).
+# export STREAMML_PROJECT=/opt/streamml

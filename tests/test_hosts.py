@@ -18,6 +18,7 @@ from streamml.messages import training_event
 from streamml.predictions import PredictClient
 from streamml.procs import free_port, terminate
 from streamml.testing import wait_for, unique_topics
+from test_deploy import procfile
 
 
 @pytest.fixture(scope='module')
@@ -31,14 +32,12 @@ class Host:
     def __init__(self, name, base, cluster, db_url, topics):
         env = {'STREAMML_HOME': str(base/name), 'STREAMML_DB_URL': db_url, 'STREAMML_PARTITIONS': '3', **client_env(cluster)}
         self.name, self.s, self.procs, self.port = name, load_settings(env).with_(topics=topics), {}, free_port()
-        self.env = {**child_env(self.s), 'STREAMML_BUILD_TOLERANCE': '1.0', 'STREAMML_LOG_LEVEL': 'WARNING',
+        self.env = {**child_env(self.s), 'STREAMML_HTTP_PORT': str(self.port), 'STREAMML_BUILD_TOLERANCE': '1.0', 'STREAMML_LOG_LEVEL': 'WARNING',
                     'STREAMML_RETRAIN_POLICY': '{"default": {"drift_threshold": null}}'}   # only the builds the test asks for
 
     def start(self, *services):
         for svc in services:
-            argv = {'events': ['events', '--group', 'hosts-events'] + ([] if self.name == 'A' else ['--no-builds']),
-                    'predictions': ['predictions', '--group', 'hosts-predictions'],
-                    'serve': ['serve', '--port', str(self.port)]}[svc]
+            argv = procfile('builder' if self.name == 'A' else 'predictor')[svc]   # what the README's layout runs
             self.s.home.mkdir(parents=True, exist_ok=True)
             with open(self.s.home/f'{svc}.log', 'ab') as log:   # read when a wait times out
                 self.procs[svc] = subprocess.Popen([sys.executable, '-m', 'streamml.cli', *argv], env=self.env, cwd=ROOT,
