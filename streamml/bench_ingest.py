@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from .config import Settings, Topics, make_producer
 from .events import events_runner, EventsOptions
 from .runner import Runner, RunnerOptions, Processor
-from .procs import StopFlag
+from .procs import StopFlag, steady_gc
 from .testing import result, mariadb_server
 from .errors import StoreError
 
@@ -123,6 +123,7 @@ def bench_ingest(s: Settings,      # settings (an embedded broker is started whe
     "Events stored per second (three champions scoring every row) on SQLite and MariaDB vs read-only, and with scoring off."
     from streamml.testing import bench_env
     o = _args(argv)
+    steady_gc()   # the services' garbage collection for every system and round alike (else the first service's start would switch it mid-run)
     with bench_env(s) as (b, _), tempfile.TemporaryDirectory(prefix='streamml-bench-') as tmp:
         X, y = _produce(b, o.n)
         dbs = _Databases(Path(tmp), o.mysql)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import datetime as dt, functools, logging, os, threading, time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 import sqlalchemy as sa
 from fastcore.basics import patch
@@ -17,7 +18,7 @@ from .messages import Limits, parse_event, TrainingEvent, CommandEvent, BadEvent
 from .records import Coords, replayed_from, dead_letter, archive_line, MAX_TIMESTAMP
 from .archive import RotatingFile, sink_spec
 from .runner import Processor, Runner, RunnerOptions, Outage, Item
-from .procs import StopFlag, answers
+from .procs import StopFlag, answers, steady_gc
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class EventsProcessor(Processor):
         self.__dict__.update(parts)      # cluster, key, engine, producer, archive, csv, topics, champions, retrainer, request_build
         self.known = KnownModels(s)      # a notebook added counts at once, without a stat per training event
         self.written, self.outcomes, self.ignored = {}, {}, Counter()
+        self.syncer = ThreadPoolExecutor(1, thread_name_prefix='events-sync')   # side outputs made durable during the transaction
 
     def process(self, rec) -> Parsed:
         "Parse and validate one event; a bad one raises (a dead letter)."
@@ -121,21 +123,37 @@ def _dead_letter(self: EventsProcessor, it: Item):
     return self.producer.send(self.s.topics.dead_letter_topic, value, key=it.rec.key, headers=headers)
 
 @patch
-def _side_outputs(self: EventsProcessor, items: list[Item]) -> None:
-    "Archive, training CSV, `training_data_topic` and dead letters of the fresh items; durable before the transaction."
+def _side_outputs(self: EventsProcessor, items: list[Item]) -> dict|None:
+    "Write the archive, training CSV, `training_data_topic` and dead letters of the fresh items; what makes them durable starts in a thread (`_durable` waits)."
     fresh = self._fresh(items)
-    if not fresh: return
+    if not fresh: return None
     rows = [it.value.csv for it in fresh if it.error is None and it.value.csv is not None]
     futs = [self._dead_letter(it) for it in fresh if it.error is not None]
     if rows and self.o.mirror == 'batch': futs.append(self.producer.send(self.mirror_topic, '\n'.join(rows).encode()))
     elif rows and self.o.mirror == 'row': futs += [self.producer.send(self.mirror_topic, r.encode()) for r in rows]
     own = lambda it, c: (c.cluster_id, c.topic, c.partition, c.offset) == (self.cluster, it.rec.topic, it.rec.partition, it.rec.offset)
     self.archive.write([archive_line(it.rec, self.cluster, None if own(it, c := self._src(it)) else c, it.error) for it in fresh])
-    self.csv.write(rows); self.archive.sync(); self.csv.sync()
+    self.csv.write(rows)
+    return dict(fresh=fresh, done=self.syncer.submit(self._sync, futs))
+
+@patch
+def _sync(self: EventsProcessor, futs: list) -> None:
+    "Thread body: fsync the archive and the CSV, flush the producer; an `Outage` when the broker refused a side output."
+    self.archive.sync(); self.csv.sync()
     if futs:
         self.producer.flush()
         if failed := [f.exception for f in futs if f.failed()]: raise Outage(f'the broker refused a side output: {failed[0]}')
-    for it in fresh: self.written[(it.rec.topic, it.rec.partition)] = it.rec.offset
+
+@patch
+def _durable(self: EventsProcessor, sync: dict|None, quiet: bool=False) -> None:
+    "Wait until the side outputs of `_side_outputs` are durable, then count them as written (a retry does not write them again); its error is raised unless `quiet`."
+    if sync is None or sync.get('marked'): return
+    try: sync['done'].result()
+    except Exception:
+        if quiet: return
+        raise
+    for it in sync['fresh']: self.written[(it.rec.topic, it.rec.partition)] = it.rec.offset
+    sync['marked'] = True
 
 # %% ../nbs/21_events.ipynb #5d05b95b
 @patch
@@ -200,13 +218,16 @@ def _record(self: EventsProcessor, conn, items: list[Item], new: list[Item]) -> 
 # %% ../nbs/21_events.ipynb #5cbb2e1b
 @patch
 def store(self: EventsProcessor, items: list[Item]) -> None:
-    "Side outputs, then one transaction: new rows scored and stored, build requests, dead letters, counters, offsets."
-    self._side_outputs(items)
-    with self.engine.begin() as conn:
-        new = self._new_rows(conn, items)
-        outcomes = self._score(conn, new)
-        refused = self._commands(conn, items)
-        self._record(conn, items, new)
+    "Side outputs, then one transaction, committed once they are durable: new rows scored and stored, build requests, dead letters, counters, offsets."
+    sync = self._side_outputs(items)
+    try:
+        with self.engine.begin() as conn:
+            new = self._new_rows(conn, items)
+            outcomes = self._score(conn, new)
+            refused = self._commands(conn, items)
+            self._record(conn, items, new)
+            self._durable(sync)                  # before the commit
+    finally: self._durable(sync, quiet=True)     # the transaction failed: what was written still counts as written
     for it in refused: self._dead_letter(it)
     if refused: self.producer.flush()
     self.outcomes, self.n_new = outcomes, len(new)
@@ -253,7 +274,7 @@ def probe(self: EventsProcessor) -> None:
 @patch
 def close(self: EventsProcessor) -> None:
     "Close the outputs, stop the worker and the champions."
-    parts = [('producer', lambda: self.producer.close(10)), ('archive', self.archive.close), ('csv', self.csv.close),
+    parts = [('producer', lambda: self.producer.close(10)), ('archive', self.archive.close), ('csv', self.csv.close), ('syncer', self.syncer.shutdown),
              ('worker', lambda: self.worker and self.worker.stop()), ('champions', lambda: self.champions and self.champions.stop()),
              ('metrics', self.metrics.close), ('engine', self.engine.dispose)]
     for what, fn in parts:
@@ -311,6 +332,7 @@ def events_runner(s: Settings,                         # settings
     "The events service, wired: a `Runner` whose `run(stop)` consumes until stopped."
     s = ensure_home(s)
     proc = EventsProcessor(s, o, _parts(s, o))
+    steady_gc()   # start-up is done: its objects out of the cyclic collector, young ones collected less often
     log.info('events: %s as group %s (cluster %s); archive %s; database %s; builds %s; scoring %s; mirror %s',
              proc.topic, o.group, proc.cluster, proc.archive.folder, proc.engine.url.render_as_string(hide_password=True),
              'on' if proc.worker else 'off', 'on' if proc.champions else 'off', o.mirror)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/12a_params.ipynb #f56df654
 from __future__ import annotations
-import importlib, json, math, os, re, threading
+import importlib, json, math, os, re, sys, threading
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from fastcore.basics import patch
@@ -13,8 +13,8 @@ from .errors import BuildError, ConfigError, ParameterError, UnknownModelError
 
 # %% auto #0
 __all__ = ['TYPES', 'RESERVED', 'MAX_TEXT', 'RANGE', 'CHOICES', 'notebook_path', 'Declared', 'parse_declared',
-           'declared_parameters', 'warm_inspection', 'convert_parameter', 'check_parameters', 'params_json',
-           'BuildOptions']
+           'declared_parameters', 'skip_iri_grammar', 'warm_inspection', 'convert_parameter', 'check_parameters',
+           'params_json', 'BuildOptions']
 
 # %% ../nbs/12a_params.ipynb #e97bc7c9
 def notebook_path(s: Settings,   # settings (the training notebooks' folder)
@@ -73,14 +73,21 @@ def parse_declared(p: dict # one entry of papermill's `inspect_notebook`
 def declared_parameters(nb: Path # a training notebook
                        ) -> dict[str, Declared]:
     "`name -> Declared` of the notebook's parameters cell (papermill's own inspection, bounds from the comments)."
+    skip_iri_grammar()
     from papermill.inspection import inspect_notebook
     ps = inspect_notebook(str(nb))
     if not ps: raise BuildError(f'{nb.name} has no cell tagged "parameters"')
     return {k: parse_declared(v) for k, v in ps.items()}
 
+# %% ../nbs/12a_params.ipynb #fe60f2b8
+def skip_iri_grammar() -> None:
+    "Keep jsonschema from importing `rfc3987_syntax` (its IRI checks only; jsonschema goes on without them) unless it is imported already."
+    sys.modules.setdefault('rfc3987_syntax', None)
+
 # %% ../nbs/12a_params.ipynb #9b7c4277
 def warm_inspection() -> threading.Thread:
     "Import papermill's inspection in a daemon thread, so the first `declared_parameters` of a service is quick."
+    skip_iri_grammar()
     t = threading.Thread(target=importlib.import_module, args=('papermill.inspection',), name='warm-papermill', daemon=True)
     t.start()
     return t

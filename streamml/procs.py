@@ -4,11 +4,11 @@
 
 # %% ../nbs/04_procs.ipynb #5e075854
 from __future__ import annotations
-import ctypes, os, select, signal, socket, subprocess, time
+import ctypes, gc, os, select, signal, socket, subprocess, time
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['StopFlag', 'die_with_parent', 'terminate', 'kill_tree', 'free_port', 'port_is_free', 'answers']
+__all__ = ['StopFlag', 'die_with_parent', 'terminate', 'kill_tree', 'free_port', 'port_is_free', 'answers', 'steady_gc']
 
 # %% ../nbs/04_procs.ipynb #9a49289b
 class StopFlag:
@@ -102,3 +102,16 @@ def answers(host: str,            # address
     try:
         with socket.create_connection((host, port), timeout=timeout): return True
     except OSError: return False
+
+# %% ../nbs/04_procs.ipynb #44ae8d60
+_gc_settled = False
+
+def steady_gc(young: int=20_000 # allocations between young collections (CPython's default: 700)
+             ) -> bool:
+    "Once per process, when a service's start-up is done: freeze its objects out of the cyclic collector, collect young ones less often. True the first time."
+    global _gc_settled
+    if _gc_settled: return False
+    gc.freeze()
+    t = gc.get_threshold(); gc.set_threshold(max(young, t[0]), *t[1:])
+    _gc_settled = True
+    return True
