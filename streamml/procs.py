@@ -104,14 +104,10 @@ def answers(host: str,            # address
     except OSError: return False
 
 # %% ../nbs/04_procs.ipynb #44ae8d60
-_gc_settled = False
-
 def steady_gc(young: int=20_000 # allocations between young collections (CPython's default: 700)
              ) -> bool:
-    "Once per process, when a service's start-up is done: freeze its objects out of the cyclic collector, collect young ones less often. True the first time."
-    global _gc_settled
-    if _gc_settled: return False
-    gc.freeze()
-    t = gc.get_threshold(); gc.set_threshold(max(young, t[0]), *t[1:])
-    _gc_settled = True
+    "Once per process, when a service's start-up is done: freeze its objects out of the cyclic collector, collect young ones less often. True the first time (the threshold itself says whether it was done)."
+    t = gc.get_threshold()
+    if t[0] >= young: return False
+    gc.freeze(); gc.set_threshold(young, *t[1:])
     return True
