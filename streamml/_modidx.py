@@ -857,6 +857,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'streamml.server.quiet_server': ('server.html#quiet_server', 'streamml/server.py'),
                                  'streamml.server.render_run': ('server.html#render_run', 'streamml/server.py'),
                                  'streamml.server.respond': ('server.html#respond', 'streamml/server.py'),
+                                 'streamml.server.run_app': ('server.html#run_app', 'streamml/server.py'),
                                  'streamml.server.uvicorn_options': ('server.html#uvicorn_options', 'streamml/server.py')},
             'streamml.testing': { 'streamml.testing.Case': ('testing.html#case', 'streamml/testing.py'),
                                   'streamml.testing.Timer': ('testing.html#timer', 'streamml/testing.py'),
