@@ -78,7 +78,7 @@ class MicroBatcher:
     async def __call__(self, req: PredictionRequest) -> tuple[dict, int]:
         "The `(response, status)` of one request, computed with whatever else arrived in the same turn."
         fut = asyncio.get_running_loop().create_future()
-        if not self.reqs: fut.get_loop().call_soon(self._flush)   # the first of a batch schedules its answer
+        if not self.reqs: loop = fut.get_loop(); loop.call_soon(loop.call_soon, self._flush)   # the first of a batch: answered after one more I/O poll
         self.reqs.append(req); self.futs.append(fut)
         return await fut
 
