@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from .config import Settings, child_env, load_settings
 from .errors import StreamMLError
 from .http_io import JSON, read_body
-from .server import HTTPMetrics, MetricsMiddleware, uvicorn_options
+from .server import make_app, run_app
 
 # %% auto #0
 __all__ = ['CONSTANT', 'constant_app', 'constant_from_env', 'main', 'start_server', 'start_constant', 'wait_http', 'parse_wrk',
@@ -20,34 +20,35 @@ __all__ = ['CONSTANT', 'constant_app', 'constant_from_env', 'main', 'start_serve
 CONSTANT = {'id': None, 'model': 'mlp', 'input': '3,4,5', 'result': 0, 'accuracy': None, 'modelid': None,
             'version': None, 'prediction-date': '2018-01-01 00:00:00'}
 
-def constant_app(s: Settings # settings (the body size limit)
+def constant_app(s: Settings,        # settings
+                 engine=None,        # database (default: from settings)
+                 champions=None      # champions (default: started by the app, as `streamml serve` does)
                 ) -> FastAPI:
-    "`streamml serve`'s stack whose `POST /predict` reads the body and answers `CONSTANT`; `/health` says ok."
-    app = FastAPI(title='streamml constant baseline', default_response_class=JSON)
-    app.state.metrics = HTTPMetrics()
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    "`streamml serve`'s app (`server.make_app`) whose `POST /predict` reads the body and answers `CONSTANT` instead of scoring."
+    app = make_app(s, engine, champions)
+    routes = app.router.routes
+    i = next(i for i, r in enumerate(routes) if getattr(r, 'path', None) == '/predict')
     @app.post('/predict')
     async def predict(request: Request):
         await read_body(request, s.max_message_bytes)
         return JSON(CONSTANT)
-    @app.get('/health')
-    async def health(): return JSON({'status': 'ok'})
+    routes[i] = routes.pop()   # in the scoring route's place: matched after the same routes
     return app
 
 # %% ../nbs/93_bench_http.ipynb #4f2317cd
 def constant_from_env() -> FastAPI:
     "The constant app of one `--workers` worker process."
+    from streamml.config import log_setup
+    log_setup()
     return constant_app(load_settings())
 
 def main(argv: list[str]|None=None # command line (default: sys.argv[1:])
         ) -> None:
-    "`python -m streamml.bench_http --port P [--workers N]`: serve the constant baseline until SIGTERM."
-    import uvicorn
+    "`python -m streamml.bench_http --port P [--workers N]`: serve the constant baseline until SIGTERM, as `streamml serve` runs."
     p = argparse.ArgumentParser(prog='python -m streamml.bench_http', description='the constant baseline of `streamml bench http`')
     p.add_argument('--port', type=int, required=True); p.add_argument('--workers', type=int, default=1)
     a = p.parse_args(argv)
-    if a.workers > 1: uvicorn.run('streamml.bench_http:constant_from_env', factory=True, workers=a.workers, host='127.0.0.1', port=a.port, **uvicorn_options())
-    else: uvicorn.run(constant_app(load_settings()), host='127.0.0.1', port=a.port, **uvicorn_options())
+    run_app(lambda: constant_app(load_settings()), 'streamml.bench_http:constant_from_env', '127.0.0.1', a.port, a.workers)
 
 # %% ../nbs/93_bench_http.ipynb #a6d3fa6c
 if __name__ == '__main__': main()

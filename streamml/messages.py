@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_messages.ipynb #582c9cf6
 from __future__ import annotations
-import datetime as dt, math, re
+import datetime as dt, math, re, time
 from dataclasses import dataclass, field
 import orjson
 from .config import Settings, MODEL_NAME
@@ -13,8 +13,9 @@ from .errors import StreamMLError, ValidationError, SchemaError, PayloadTooLarge
 # %% auto #0
 __all__ = ['FLOAT32_MAX', 'PLAIN', 'Event', 'TRIGGER', 'PARAMETER', 'Limits', 'json_depth', 'decode_object', 'parse_numbers',
            'fmt_number', 'TrainingRow', 'parse_row', 'TrainingEvent', 'CommandEvent', 'BadEvent', 'parse_command',
-           'parse_event', 'PredictionRequest', 'parse_request', 'utc_stamp', 'finite_or_none', 'make_response',
-           'encode', 'training_event', 'command_event', 'prediction_request', 'model_update', 'parse_model_update']
+           'parse_event', 'PredictionRequest', 'parse_request', 'utc_stamp', 'finite_or_none', 'served_fields',
+           'make_response', 'encode', 'training_event', 'command_event', 'prediction_request', 'model_update',
+           'parse_model_update']
 
 # %% ../nbs/01_messages.ipynb #3296c1a3
 FLOAT32_MAX = 3.4028234663852886e38   # the largest finite float32: the served dtype's range
@@ -249,28 +250,39 @@ def parse_request(raw: bytes|str|dict,  # Kafka value, HTTP body, or an already 
 # %% ../nbs/01_messages.ipynb #69a089f1
 def utc_stamp(t: dt.datetime|None=None # a time (default now)
              ) -> str:
-    "UTC as `YYYY-MM-DD HH:MM:SS`, the 2018 system's `prediction-date` format."
-    t = t or dt.datetime.now(dt.UTC)
+    "UTC as `YYYY-MM-DD HH:MM:SS`, the 2018 system's `prediction-date` format (now: formatted once per second)."
+    global _last_stamp
+    if t is None:
+        sec, last = int(time.time()), _last_stamp
+        if sec != last[0]: _last_stamp = last = (sec, time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(sec)))   # one swap
+        return last[1]
     if t.tzinfo: t = t.astimezone(dt.UTC)
     return t.strftime('%Y-%m-%d %H:%M:%S')
+
+_last_stamp = (0, '')   # (second, its text): a memo, replaced whole
 
 def finite_or_none(v) -> float|None:
     "`v` as a float when it is a finite number, else None."
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
+def served_fields(served: dict|None=None # the serving version: model, version, uuid, accuracy
+                 ) -> dict:
+    "The fields a response takes from the serving version, and the time: `accuracy`, `modelid`, `version`, `prediction-date`."
+    served = served or {}
+    return {'accuracy': finite_or_none(served.get('accuracy')), 'modelid': served.get('uuid'),
+            'version': served.get('version'), 'prediction-date': utc_stamp()}
+
 def make_response(req: PredictionRequest,  # the request being answered
                   result=None,             # class (int) or number; None on error
                   served: dict|None=None,  # the serving version: model, version, uuid, accuracy
-                  error: str|None=None     # why there is no result
+                  error: str|None=None,    # why there is no result
+                  tail: dict|None=None     # `served_fields(served)`, when many responses share it
                  ) -> dict:
     "A prediction response with the 2018 fields plus `id`, `model`, `version` (or `error` instead of `result`)."
-    served = served or {}
-    r = {'id': req.id, 'model': req.model, 'input': req.payload}
     error = error or req.error
-    if error is None: r['result'] = result
-    else: r['error'] = error
-    r.update({'accuracy': finite_or_none(served.get('accuracy')), 'modelid': served.get('uuid'),
-              'version': served.get('version'), 'prediction-date': utc_stamp()})
+    r = ({'id': req.id, 'model': req.model, 'input': req.payload, 'result': result} if error is None else
+         {'id': req.id, 'model': req.model, 'input': req.payload, 'error': error})
+    r.update(tail or served_fields(served))
     return r
 
 def encode(obj # a message: dict or list of JSON-able values (numpy numbers and times too)

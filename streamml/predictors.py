@@ -8,8 +8,8 @@ import numpy as np
 from .errors import SchemaError, StreamMLError
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'KINDS', 'Predictor', 'DensePredictor', 'TreePredictor', 'LinearPredictor', 'score', 'dense_from_keras',
-           'tree_from_sklearn', 'linear_arrays']
+__all__ = ['ACTIVATIONS', 'ORDER_KEEPING', 'KINDS', 'Predictor', 'DensePredictor', 'TreePredictor', 'LinearPredictor', 'score',
+           'dense_from_keras', 'tree_from_sklearn', 'linear_arrays']
 
 # %% ../nbs/10a_predictors.ipynb #23edb8ad
 class Predictor:
@@ -41,6 +41,8 @@ ACTIVATIONS = {
 }
 
 # %% ../nbs/10a_predictors.ipynb #73db754d
+ORDER_KEEPING = {'linear', 'softmax'}   # last activations that never change which output is largest (tanh and sigmoid saturate: they can)
+
 class DensePredictor(Predictor):
     "Normalisation then dense layers (the mlp): arrays `mean`, `scale`, `W0`, `b0`, ...; `activations` per layer; `classes`."
     kind = 'dense'
@@ -50,14 +52,17 @@ class DensePredictor(Predictor):
                        for i, act in enumerate(arrays['activations'])]
         self.mean, self.scale = np.asarray(arrays['mean'], np.float32), np.asarray(arrays['scale'], np.float32)
         self.classes = np.asarray(arrays['classes'])
+        self._n_inputs, self._last = int(self.layers[0][0].shape[0]), arrays['activations'][-1] not in ORDER_KEEPING
     @property
-    def n_inputs(self): return int(self.layers[0][0].shape[0])
-    def proba(self, X: np.ndarray) -> np.ndarray:
-        "Class probabilities, shape (n, classes)."
+    def n_inputs(self): return self._n_inputs
+    def proba(self, X: np.ndarray, last: bool=True) -> np.ndarray:
+        "Class probabilities, shape (n, classes); `last=False`: the scores before the last activation."
         h = (np.asarray(X, np.float32) - self.mean) / self.scale
-        for W, b, f in self.layers: h = f(h @ W + b)
+        for i, (W, b, f) in enumerate(self.layers):
+            h = h @ W + b
+            if last or i < len(self.layers) - 1: h = f(h)
         return h
-    def predict(self, X): return self.classes[self.proba(X).argmax(axis=1)]
+    def predict(self, X): return self.classes[self.proba(X, self._last).argmax(axis=1)]   # softmax: the largest score is the class
 
 # %% ../nbs/10a_predictors.ipynb #455c13ab
 class TreePredictor(Predictor):

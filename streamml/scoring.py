@@ -12,7 +12,7 @@ from .procs import StopFlag
 from .config import Settings
 from .db import live_accuracy, increment, minute, utcnow
 from .errors import StreamMLError, NoChampionError, UnknownModelError, BrokerError, KafkaAuthError
-from .messages import Limits, PredictionRequest, TrainingRow, make_response, parse_model_update
+from .messages import Limits, PredictionRequest, TrainingRow, make_response, served_fields, parse_model_update
 from .runner import Processor, Runner, RunnerOptions
 from . import registry
 from fastcore.basics import patch
@@ -172,37 +172,39 @@ def __enter__(self: Champions): return self if self._threads else self.start()
 def __exit__(self: Champions, *exc): self.stop()
 
 # %% ../nbs/15_scoring.ipynb #39e0d7dd
-def _result(p, v):
-    "A JSON-ready result: the class as int for classifiers, a float for regressors."
-    v = v.item() if hasattr(v, 'item') else v
-    return int(v) if p.version is not None and p.version.task == 'classification' else v
+def _answer_model(p, reqs: list, idx: list[int], xs: list[tuple], out: list) -> None:
+    "One vectorised predict of `p` for the requests at `idx` (values `xs`); their `(response, status)` into `out`."
+    info = p.info()
+    try: y = p.predict(np.array(xs, dtype=np.float64))
+    except Exception as e:                       # a broken artifact must not leave requests unanswered
+        log.exception('%s/%s predict failed', reqs[idx[0]].model, info['version'])
+        for i in idx: out[i] = (make_response(reqs[i], served=info, error=f'prediction failed: {e}'), 500)
+        return
+    tail, cls = served_fields(info), p.version is not None and p.version.task == 'classification'
+    for i, v in zip(idx, y.tolist() if hasattr(y, 'tolist') else y):   # plain numbers: the class as int, else a float
+        r = int(v) if cls else v
+        out[i] = ((make_response(reqs[i], r, tail=tail), 200) if not isinstance(r, float) or math.isfinite(r) else
+                  (make_response(reqs[i], served=info, error='the prediction is not a finite number: the input is outside what this model can answer'), 422))
 
 def answer(champions,                      # a `Champions` (or anything with get(model) and error(model))
            reqs: list[PredictionRequest]   # parsed requests
           ) -> list[tuple[dict, int]]:
     "Answer requests: group by model, one vectorised predict per model; `(response, http status)` each, in order."
     out: list = [None] * len(reqs)
-    groups = defaultdict(list)                      # model -> [(index, values)]
-    served = {}                                     # model -> the predictor this batch uses (one version per batch)
+    groups: dict = {}                               # model -> (predictor, indices, values): one version per batch
     for i, r in enumerate(reqs):
         if r.error: out[i] = (make_response(r), 422); continue
-        p = served.get(r.model) or champions.get(r.model)
-        if p is None:
-            e = champions.error(r.model); out[i] = (make_response(r, error=str(e)), e.status); continue
-        served[r.model] = p
-        try: groups[r.model].append((i, p.check_input(r.features)))
-        except StreamMLError as e: out[i] = (make_response(r, served=p.info(), error=str(e)), e.status)
-    for model, items in groups.items():
-        p = served[model]; info = p.info()
-        try: y = p.predict(np.array([x for _, x in items], dtype=np.float64))
-        except Exception as e:                       # a broken artifact must not leave requests unanswered
-            log.exception('%s/%s predict failed', model, info['version'])
-            for i, _ in items: out[i] = (make_response(reqs[i], served=info, error=f'prediction failed: {e}'), 500)
-            continue
-        for (i, _), v in zip(items, y):
-            r = _result(p, v)
-            out[i] = ((make_response(reqs[i], r, info), 200) if not isinstance(r, float) or math.isfinite(r) else
-                      (make_response(reqs[i], served=info, error='the prediction is not a finite number: the input is outside what this model can answer'), 422))
+        g = groups.get(r.model)
+        if g is None:
+            p = champions.get(r.model)
+            if p is None:
+                e = champions.error(r.model); out[i] = (make_response(r, error=str(e)), e.status); continue
+            g = groups[r.model] = (p, [], [])
+        try: x = g[0].check_input(r.features)
+        except StreamMLError as e: out[i] = (make_response(r, served=g[0].info(), error=str(e)), e.status); continue
+        g[1].append(i); g[2].append(x)
+    for p, idx, xs in groups.values():
+        if idx: _answer_model(p, reqs, idx, xs, out)
     return out
 
 # %% ../nbs/15_scoring.ipynb #faa3fe2d

@@ -6,7 +6,7 @@
 __all__ = ['log', 'PRIVATE_RUN_FIELDS', 'HTTPMetrics', 'MetricsMiddleware', 'respond', 'MicroBatcher', 'add_prediction_routes',
            'openapi_with_bodies', 'add_info_routes', 'models_info', 'add_model_routes', 'render_run', 'public_run',
            'add_run_routes', 'add_mutating_routes', 'make_app', 'param_reason', 'uvicorn_options', 'app_from_env',
-           'args_serve', 'quiet_server', 'cmd_serve']
+           'args_serve', 'quiet_server', 'run_app', 'cmd_serve']
 
 # %% ../nbs/30_server.ipynb #28f78b8a
 import asyncio, dataclasses, gc, logging, math, os, signal, sys, time
@@ -78,7 +78,7 @@ class MicroBatcher:
     async def __call__(self, req: PredictionRequest) -> tuple[dict, int]:
         "The `(response, status)` of one request, computed with whatever else arrived in the same turn."
         fut = asyncio.get_running_loop().create_future()
-        if not self.reqs: fut.get_loop().call_soon(self._flush)   # the first of a batch schedules its answer
+        if not self.reqs: loop = fut.get_loop(); loop.call_soon(loop.call_soon, self._flush)   # the first of a batch: answered after one more I/O poll
         self.reqs.append(req); self.futs.append(fut)
         return await fut
 
@@ -283,8 +283,10 @@ def param_reason(e: RequestValidationError) -> str:
 
 # %% ../nbs/30_server.ipynb #db10e87b
 def uvicorn_options() -> dict:
-    "uvicorn settings of `streamml serve` (the benchmark's constant server uses the same): quiet, no access log."
-    return dict(log_level='warning', access_log=False, server_header=False)
+    "uvicorn settings of `streamml serve` (the benchmark's constant server uses the same): quiet, no access log, httptools and uvloop when installed."
+    from importlib.util import find_spec
+    return dict(log_level='warning', access_log=False, server_header=False,
+                http='httptools' if find_spec('httptools') else 'h11', loop='uvloop' if find_spec('uvloop') else 'asyncio')
 
 # %% ../nbs/30_server.ipynb #7edbfa9e
 def app_from_env() -> FastAPI:
@@ -311,11 +313,17 @@ def quiet_server(config):
     return Server(config)
 
 # %% ../nbs/30_server.ipynb #8a99aad1
+def run_app(make,          # () -> the app, for one process
+            factory: str,  # 'module:function' that builds the app in each worker process
+            host: str, port: int, workers: int=1) -> None:
+    "Serve until SIGTERM/SIGINT: one process (a stop by signal is clean), or `workers` uvicorn processes sharing the port."
+    import uvicorn
+    if workers > 1: uvicorn.run(factory, factory=True, workers=workers, host=host, port=port, **uvicorn_options())
+    else: quiet_server(uvicorn.Config(make(), host=host, port=port, timeout_graceful_shutdown=1, **uvicorn_options())).run()
+
 def cmd_serve(args, s: Settings) -> int:
     "Run the HTTP API in the foreground until SIGTERM/SIGINT; a stop by signal exits 0."
-    import uvicorn
     host, port = args.host or s.host, args.port or s.http_port
     print(f'streamml HTTP API on http://{host}:{port} (docs: /docs, {args.workers} worker(s))', flush=True)
-    if args.workers > 1: uvicorn.run('streamml.server:app_from_env', factory=True, workers=args.workers, host=host, port=port, **uvicorn_options())
-    else: quiet_server(uvicorn.Config(make_app(s), host=host, port=port, timeout_graceful_shutdown=1, **uvicorn_options())).run()
+    run_app(lambda: make_app(s), 'streamml.server:app_from_env', host, port, args.workers)
     return 0
