@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_artifacts.ipynb #375c719d
 from __future__ import annotations
-import hashlib, io, logging, os, shutil, tarfile, uuid
+import errno, hashlib, io, logging, os, shutil, tarfile, uuid
 from pathlib import Path
 import sqlalchemy as sa
 from .config import Settings
@@ -71,6 +71,19 @@ def _manifest_uuid(folder: Path) -> str|None:
     try: return json.loads((folder/'manifest.json').read_text()).get('uuid')
     except (OSError, ValueError, AttributeError): return None
 
+def _install(tmp: Path, folder: Path, version_uuid: str) -> None:
+    "Rename the complete `tmp` to `folder`; keep a copy another process of this host put there first; move any other folder aside."
+    for _ in range(5):
+        try: os.rename(tmp, folder); return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST): raise
+        if _manifest_uuid(folder) == version_uuid: return               # a sibling process was quicker: its copy is complete
+        aside = folder.parent/f'.stale-{folder.name}-{uuid.uuid4().hex[:8]}'
+        try: os.rename(folder, aside)                                     # atomic: readers of the old folder keep their files
+        except FileNotFoundError: continue
+        shutil.rmtree(aside, ignore_errors=True)
+    raise NoChampionError(f'{folder} keeps changing under this process')
+
 def ensure_local(db,                 # the shared database: an engine or a connection
                  folder: Path,       # where the version belongs on this host: models/<model>/<version>
                  version_uuid: str   # its uuid (the champions table names it)
@@ -84,8 +97,7 @@ def ensure_local(db,                 # the shared database: an engine or a conne
     try:
         tmp.mkdir(parents=True); unpack(data, tmp)
         if _manifest_uuid(tmp) != version_uuid: raise NoChampionError(f'artifact {folder.parent.name}/{folder.name} unpacks to something else')
-        if folder.exists(): shutil.rmtree(folder)   # an incomplete or other folder of that name
-        os.rename(tmp, folder)
+        _install(tmp, folder, version_uuid)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     log.info('fetched %s/%s from the database (%d bytes)', folder.parent.name, folder.name, len(data))
     return folder
