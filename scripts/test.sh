@@ -14,4 +14,4 @@ python scripts/check_sync.py
 echo "== notebook tests (nbdev-test --flags 'broker mariadb kafka')"
 nbdev-test --flags "broker mariadb kafka" --do-print --timing
 echo "== pytest tests/"
-python -m pytest tests/ -q -p no:cacheprovider
+python -m pytest tests/ -q -p no:cacheprovider --durations=30
