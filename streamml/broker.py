@@ -81,8 +81,8 @@ class EmbeddedBroker:
         "True while our child runs."
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float=1.0) -> int|None:
-        "Stop the child (SIGTERM, then SIGKILL after `timeout`: it keeps nothing to flush); return its exit code."
+    def stop(self, timeout: float=0.25) -> int|None:
+        "Stop the child (SIGTERM, then SIGKILL after `timeout`: it keeps nothing to flush, and Tansu takes over a second to act on SIGTERM); return its exit code."
         return None if self.proc is None else terminate(self.proc, timeout)[0]
 
     def __enter__(self): return self.start() if self.proc is None else self

@@ -87,7 +87,9 @@ def test_three_hosts_share_only_kafka_and_the_database(cluster, mariadb_url, tmp
     A, B, C = (Host(n, tmp_path, cluster, mariadb_url, topics) for n in 'ABC')
     create_topics(A.s)                           # 3 partitions, replication factor 3, min.insync.replicas 2
     eng = make_engine(A.s); init_db(eng)
-    rows = lambda: eng.connect().execute(sa.select(sa.func.count()).select_from(training_data)).scalar()
+    def scalar(q):
+        with eng.connect() as c: return c.execute(q).scalar()   # each poll gives its connection back
+    rows = lambda: scalar(sa.select(sa.func.count()).select_from(training_data))
     n, produced = 20_000, []
     def produce(lo, hi):
         p = make_producer(A.s)
@@ -101,7 +103,7 @@ def test_three_hosts_share_only_kafka_and_the_database(cluster, mariadb_url, tmp
         feed(0, n // 2)
         wait_for(lambda: rows() >= n // 2, 120, 'the first half of the rows')
         A.cli('build', 'dtr')
-        champ = lambda: eng.connect().execute(sa.select(champions.c.version).where(champions.c.model == 'dtr')).scalar()
+        champ = lambda: scalar(sa.select(champions.c.version).where(champions.c.model == 'dtr'))
         v1 = wait_for(champ, 60, 'a first champion')
         wait_for(lambda: B.serving().get('dtr') == v1 and C.serving().get('dtr') == v1, 120, 'B and C serving the first champion')
         assert (B.s.path('models', 'dtr', v1)/'manifest.json').exists() and (C.s.path('models', 'dtr', v1)/'manifest.json').exists()   # fetched
