@@ -4,16 +4,13 @@
 
 # %% ../nbs/94_bench_build.ipynb #73899b4a
 from __future__ import annotations
-import argparse, tempfile
-from pathlib import Path
+import argparse
 from .config import Settings
-from .db import make_engine, init_db
 from .errors import BuildError
 from .messages import CommandEvent
 from .params import BuildOptions
 from .builds import run_build
-from .train import store_generated
-from .testing import result
+from .testing import result, scratch_home
 
 # %% auto #0
 __all__ = ['build_args', 'bench_build']
@@ -33,9 +30,7 @@ def bench_build(s: Settings, argv: list[str]) -> list[dict]:
     "`streamml bench build [--model M] [--rows N] [--repeat R] [-p NAME VALUE]`: papermill time and build overhead."
     a, params = build_args(argv)
     out = []
-    with tempfile.TemporaryDirectory(prefix='streamml-bench-') as d:
-        bs = s.with_(home=Path(d), db_url=f'sqlite:///{d}/bench.db')
-        eng = make_engine(bs); init_db(eng); store_generated(eng, a.rows, seed=0)
+    with scratch_home(s, a.rows) as (bs, eng):
         for i in range(a.repeat):
             cmd = CommandEvent(a.model, 'bench', parameters={'seed': str(i), **params})
             r = run_build(bs, cmd, BuildOptions.load(publish=False), engine=eng, text=True)
@@ -43,5 +38,4 @@ def bench_build(s: Settings, argv: list[str]) -> list[dict]:
             out.append(result('build', 'papermill', seconds=r.papermill_s, n=a.rows, model=a.model))
             out.append(result('build', 'streamml', seconds=r.setup_s + r.papermill_s + r.overhead_s, overhead_s=r.overhead_s,
                               setup_s=r.setup_s, ratio=r.overhead_s / r.papermill_s, n=a.rows, model=a.model, promoted=r.promoted))
-        eng.dispose()
     return out

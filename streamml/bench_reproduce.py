@@ -4,17 +4,14 @@
 
 # %% ../nbs/96_bench_reproduce.ipynb #a964a995
 from __future__ import annotations
-import argparse, tempfile
-from pathlib import Path
+import argparse
 from .config import Settings
-from .db import make_engine, init_db
 from .errors import BuildError
 from .messages import CommandEvent
 from .params import BuildOptions
 from .builds import run_build
 from .reproduce import reproduce
-from .train import store_generated
-from .testing import result
+from .testing import result, scratch_home
 
 # %% auto #0
 __all__ = ['reproduce_args', 'bench_reproduce']
@@ -32,9 +29,7 @@ def bench_reproduce(s: Settings, argv: list[str]) -> list[dict]:
     "`streamml bench reproduce [--models mlp,dtr,slr] [--rows N]`: reproduction time against build time, per model."
     rows, models = reproduce_args(argv)
     out = []
-    with tempfile.TemporaryDirectory(prefix='streamml-bench-') as d:
-        bs = s.with_(home=Path(d), db_url=f'sqlite:///{d}/bench.db')
-        eng = make_engine(bs); init_db(eng); store_generated(eng, rows, seed=0)
+    with scratch_home(s, rows) as (bs, eng):
         for m, params in models.items():
             b = run_build(bs, CommandEvent(m, 'bench', parameters=params), BuildOptions.load(publish=False), engine=eng)
             if b.status != 'succeeded': raise BuildError(f'bench build of {m} failed: {b.error}')
@@ -42,5 +37,4 @@ def bench_reproduce(s: Settings, argv: list[str]) -> list[dict]:
             out.append(result('reproduce', 'build', seconds=b.duration_s, n=rows, model=m))
             out.append(result('reproduce', 'streamml', seconds=r.seconds, ratio=r.seconds / b.duration_s, n=rows, model=m,
                               ok=r.ok, mode=r.mode, failed=int(not r.ok)))
-        eng.dispose()
     return out

@@ -10,7 +10,7 @@ from .db import training_data
 from .messages import parse_numbers
 
 # %% auto #0
-__all__ = ['REGIMES', 'judges', 'csv_rows', 'drifting', 'load_rows']
+__all__ = ['REGIMES', 'judges', 'csv_rows', 'drifting', 'read_window', 'load_rows']
 
 # %% ../nbs/03_data.ipynb #b035dafc
 REGIMES = {  # name -> (weights of the three judges, bias): fourth = clip(round(w·x + bias + noise), 0, 10)
@@ -48,11 +48,11 @@ def drifting(schedule: list[tuple[str, int]], # (regime, rows) phases in order, 
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), starts
 
 # %% ../nbs/03_data.ipynb #2fe27c3a
-def load_rows(conn,                  # SQLAlchemy connection or engine
-              n_features: int,       # feature columns before the label
-              window: int|None=None  # newest rows to use (None: all)
-             ) -> tuple[np.ndarray, np.ndarray, dict]:
-    "`(X, y, info)` of the stored training rows, oldest first; `info` has rows, first/last id and offset ranges."
+def read_window(conn,                  # SQLAlchemy connection or engine
+                n_features: int,       # feature columns before the label
+                window: int|None=None  # newest rows to use (None: all)
+               ) -> tuple[np.ndarray, np.ndarray, dict, list]:
+    "`(X, y, info, rows)` of the stored training rows, oldest first; `info` has rows, first/last id and offset ranges; `rows` the stored rows (id, payload, source coordinates)."
     t = training_data
     q = sa.select(t.c.id, t.c.payload, t.c.cluster_id, t.c.source_topic, t.c.source_partition, t.c.source_offset).order_by(t.c.id.desc())
     if window: q = q.limit(int(window))
@@ -68,4 +68,11 @@ def load_rows(conn,                  # SQLAlchemy connection or engine
         offsets[k] = (min(lo, r.source_offset), max(hi, r.source_offset))
     info = dict(rows=len(rows), first_id=rows[0].id if rows else None, last_id=rows[-1].id if rows else None,
                 offsets={k: list(v) for k, v in offsets.items()}, clusters=sorted({r.cluster_id for r in rows}))
-    return vals[:, :n_features], vals[:, n_features], info
+    return vals[:, :n_features], vals[:, n_features], info, rows
+
+def load_rows(conn,                  # SQLAlchemy connection or engine
+              n_features: int,       # feature columns before the label
+              window: int|None=None  # newest rows to use (None: all)
+             ) -> tuple[np.ndarray, np.ndarray, dict]:
+    "`(X, y, info)` of the stored training rows, oldest first; `info` has rows, first/last id and offset ranges."
+    return read_window(conn, n_features, window)[:3]

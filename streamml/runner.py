@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_runner.ipynb #59c751eb
 from __future__ import annotations
-import json, logging, os, threading, time
+import logging, os, threading, time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -14,11 +14,12 @@ from fastcore.basics import patch
 from .config import Settings, make_consumer, consumer_lag
 from .errors import StreamMLError, BrokerError
 from .procs import StopFlag
+from .journal import Journal
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Item', 'reason', 'Processor', 'Journal', 'RunnerOptions', 'Outage', 'Runner']
+__all__ = ['log', 'Item', 'reason', 'Processor', 'RunnerOptions', 'Outage', 'Runner']
 
 # %% ../nbs/09_runner.ipynb #7029b3de
 @dataclass
@@ -29,6 +30,11 @@ class Item:
     error: str|None = None   # why the record is rejected (a dead letter), or None
 
     def __str__(self): return f'{self.rec.topic}[{self.rec.partition}]@{self.rec.offset}'
+
+def _value_or_error(f, rec) -> Any:
+    "`f(rec)`, or the exception it raised."
+    try: return f(rec)
+    except Exception as e: return e
 
 def reason(e: BaseException # what went wrong
           ) -> str:
@@ -42,6 +48,9 @@ class Processor:
     def process(self, rec) -> Any:
         "Turn one record into a value; raise to reject it."
         return rec.value
+    def process_many(self, recs: list) -> list:
+        "The values of a poll's records, made at once where that is cheaper; an exception in place of a value rejects its record."
+        return [_value_or_error(self.process, r) for r in recs]
     def store(self, items: list[Item]) -> None:
         "Store or answer a batch (rejected items included, as dead letters); raise when it cannot."
     def positions(self, tps) -> dict:
@@ -53,80 +62,6 @@ class Processor:
         "Called after a batch was stored and committed."
     def close(self) -> None:
         "Release what `store` used."
-
-# %% ../nbs/09_runner.ipynb #5b956d0e
-class Journal:
-    "Per-partition files saying which offsets are in flight, so that a process death is seen at the next start."
-    def __init__(self, folder: Path,        # $STREAMML_HOME/journal/<service>-<group>
-                 max_attempts: int=2):      # deaths a record may cause before it is quarantined
-        self.folder, self.max_attempts = Path(folder), max_attempts
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.state, self.begun = {}, set()
-        self.stored, self.lock = {}, threading.Lock()   # tp -> last offset stored by this process (overlap)
-
-    def _path(self, tp) -> Path: return self.folder/f'{tp.topic}-{tp.partition}.json'
-
-    def _load(self, tp) -> dict:
-        if tp not in self.state:
-            try: self.state[tp] = json.loads(self._path(tp).read_text())
-            except (OSError, ValueError): self.state[tp] = {}
-        return self.state[tp]
-
-    def _save(self, tp, st: dict) -> None:
-        tmp = self._path(tp).with_suffix('.tmp')
-        tmp.write_text(json.dumps(st)); os.replace(tmp, self._path(tp))
-
-# %% ../nbs/09_runner.ipynb #516a55cf
-@patch
-def plan(self: Journal, tp, first: int, last: int,
-         since: int|None=None) -> tuple[str, int]:   # overlap: first offset of the batch still being stored
-    "`('batch', n)`: handle n records from `first`; `('quarantine', deaths)`: `first` stopped the process that often."
-    with self.lock: return self._plan(tp, first, last, since)
-
-@patch
-def _plan(self: Journal, tp, first: int, last: int, since: int|None) -> tuple[str, int]:
-    st = self._load(tp)
-    if since is not None and since <= self.stored.get(tp, -1) < first: since = None   # that batch is stored already
-    inflight, sus = st.get('inflight'), st.get('suspect')
-    if inflight and inflight[0] == first and (tp, first) not in self.begun:   # the last process died with these in flight
-        deaths = sus[2] + 1 if sus and sus[0] <= first <= sus[1] else 1
-        sus = [first, inflight[1], deaths]
-        log.warning('%s[%s]@%s..%s: in flight when the service stopped (%d time(s)); handling them one at a time',
-                    tp.topic, tp.partition, first, inflight[1], deaths)
-    if sus and first > sus[1]: sus = None
-    self.begun.add((tp, first))
-    if sus and sus[0] == sus[1] == first and sus[2] >= self.max_attempts:
-        self._save(tp, st | dict(inflight=None, suspect=None)); self.state[tp] = {}
-        return 'quarantine', sus[2]
-    n = 1 if sus else last - first + 1
-    self.state[tp] = st = dict(inflight=[first if since is None else since, first + n - 1], suspect=sus)
-    self._save(tp, st)
-    return 'batch', n
-
-@patch
-def done(self: Journal, tp, first: int, last: int) -> None:
-    "Offsets `first`..`last` of `tp` are stored; a batch planned after them is then in flight alone."
-    with self.lock:
-        self.stored[tp] = last
-        inflight = self._load(tp).get('inflight')
-        if inflight and inflight[0] <= first and inflight[1] > last:   # overlap: the next batch was planned meanwhile
-            self.state[tp] = st = self.state[tp] | dict(inflight=[last + 1, inflight[1]]); self._save(tp, st)
-
-@patch
-def calm(self: Journal, tp, first: int) -> bool:
-    "False when the batch from `first` must be handled alone: the last process died with it in flight, or a death is traced."
-    with self.lock:
-        st = self._load(tp)
-        inflight, sus = st.get('inflight'), st.get('suspect')
-        died = inflight and inflight[0] == first and (tp, first) not in self.begun
-        return not died and not (sus and first <= sus[1])
-
-@patch
-def clear(self: Journal, tp) -> None:
-    "Nothing of `tp` is in flight any more (a clean stop, or the partition moved away)."
-    with self.lock:
-        self.stored.pop(tp, None)
-        if self._load(tp).get('inflight'): self._save(tp, {}); self.state[tp] = {}
 
 # %% ../nbs/09_runner.ipynb #b3c0067f
 @dataclass(frozen=True)
@@ -274,15 +209,20 @@ def _plan(self: Runner, polled: dict) -> list[Item]:
         if how == 'quarantine':
             items.append(Item(recs[0], error=f'stopped the service {n} times: quarantined')); n = 1
             log.error('%s[%s]@%s: stopped the service %d times: quarantined', tp.topic, tp.partition, recs[0].offset, n)
-        else: items += [self._process(r) for r in recs[:n]]
+        else: items += self._process(recs[:n])
         if n < len(recs): self.consumer.seek(tp, recs[n].offset)   # the rest: next poll
     return items
 
 @patch
-def _process(self: Runner, rec) -> Item:
-    "The per-record boundary: any exception rejects this record only."
-    try: return Item(rec, self.proc.process(rec))
-    except Exception as e: return Item(rec, error=reason(e))
+def _process(self: Runner, recs: list) -> list[Item]:
+    "The per-record boundary: an exception rejects its record only (should `process_many` itself fail, each record goes through `process`)."
+    try:
+        vals = self.proc.process_many(recs)
+        if len(vals) != len(recs): raise StreamMLError(f'process_many returned {len(vals)} values for {len(recs)} records')
+    except Exception as e:
+        log.warning('%s: %s; processing the batch record by record', self.o.name, reason(e))
+        vals = [_value_or_error(self.proc.process, r) for r in recs]
+    return [Item(r, error=reason(v)) if isinstance(v, BaseException) else Item(r, v) for r, v in zip(recs, vals)]
 
 # %% ../nbs/09_runner.ipynb #31028a60
 @patch

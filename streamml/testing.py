@@ -12,8 +12,8 @@ from .config import Settings, Topics, load_settings
 
 # %% auto #0
 __all__ = ['wait_for', 'unique_topics', 'settings_for', 'stand_in_project', 'mariadb_server', 'scratch_database', 'mariadb_up',
-           'stop_mariadb', 'start_mariadb', 'percentiles', 'result', 'emit', 'Timer', 'bench_env', 'bench_model',
-           'random_dense', 'bench_args', 'Case', 'hostile_events', 'hostile_requests']
+           'stop_mariadb', 'start_mariadb', 'percentiles', 'result', 'emit', 'Timer', 'bench_env', 'scratch_home',
+           'bench_model', 'random_dense', 'bench_args', 'Case', 'hostile_events', 'hostile_requests']
 
 # %% ../nbs/80_testing.ipynb #8fcb4ae5
 def wait_for(cond,                 # a callable; its first truthy value is returned
@@ -152,6 +152,19 @@ def bench_env(s: Settings,        # the caller's settings (broker, client overri
                     kafka_overrides=s.kafka_overrides)
         create_topics(b, partitions)
         engine = make_engine(b); init_db(engine)
+        try: yield b, engine
+        finally: engine.dispose()
+
+@contextlib.contextmanager
+def scratch_home(s: Settings,  # the caller's settings
+                 rows: int     # generated training rows to store
+                ):
+    "`(settings, engine)` of a temporary home whose SQLite database holds `rows` generated rows (builds run there); removed afterwards."
+    from streamml.db import make_engine, init_db
+    from streamml.train import store_generated
+    with tempfile.TemporaryDirectory(prefix='streamml-bench-') as d:
+        b = s.with_(home=Path(d), db_url=f'sqlite:///{d}/bench.db')
+        engine = make_engine(b); init_db(engine); store_generated(engine, rows, seed=0)
         try: yield b, engine
         finally: engine.dispose()
 

@@ -13,7 +13,7 @@ from .config import Settings, load_settings
 from fastcore.basics import patch
 from .db import make_engine, training_data, insert_ignore, utcnow
 from .errors import BuildError, ParameterError
-from .messages import parse_numbers
+from .data import read_window
 from . import provenance, registry
 
 # %% auto #0
@@ -42,22 +42,11 @@ def load_window(conn,                 # SQLAlchemy connection or engine
                 n_features: int,      # feature columns before the label
                 window: int|None=None # newest rows to use (None: all)
                ) -> tuple[np.ndarray, np.ndarray, dict]:
-    "`(X, y, info)` of the newest stored rows, oldest first; `info` has rows, id range, offsets, content hash and segments."
-    t = training_data
-    q = sa.select(t.c.id, t.c.payload, t.c.cluster_id, t.c.source_topic, t.c.source_partition, t.c.source_offset).order_by(t.c.id.desc())
-    if window: q = q.limit(int(window))
-    if isinstance(conn, sa.Engine):
-        with conn.connect() as c: rows = c.execute(q).all()
-    else: rows = conn.execute(q).all()
-    rows = rows[::-1]
-    vals = np.array([parse_numbers(r.payload) for r in rows], dtype=float).reshape(len(rows), n_features + 1)
-    segs = provenance.segments((r.cluster_id, r.source_topic, r.source_partition, r.source_offset) for r in rows)
-    offsets = {}
-    for c, tp, part, lo, hi, _ in segs:
-        k = f'{tp}[{part}]'; a, b = offsets.get(k, (lo, hi)); offsets[k] = [min(a, lo), max(b, hi)]
-    info = dict(rows=len(rows), first_id=rows[0].id if rows else None, last_id=rows[-1].id if rows else None, offsets=offsets,
-                clusters=sorted({r.cluster_id for r in rows}), sha256=provenance.rows_digest(r.payload for r in rows), segments=segs)
-    return vals[:, :n_features], vals[:, n_features], info
+    "`(X, y, info)` of the newest stored rows, oldest first (`data.read_window`); `info` adds the content hash and segments."
+    X, y, info, rows = read_window(conn, n_features, window)
+    info.update(sha256=provenance.rows_digest(r.payload for r in rows),
+                segments=provenance.segments((r.cluster_id, r.source_topic, r.source_partition, r.source_offset) for r in rows))
+    return X, y, info
 
 # %% ../nbs/11_train.ipynb #5b838b44
 def stored_rows(s: Settings,   # settings (database, n_features)
