@@ -138,7 +138,7 @@ def _side_outputs(self: EventsProcessor, items: list[Item]) -> dict|None:
     futs = [self._dead_letter(it) for it in fresh if it.error is not None]
     if rows and self.o.mirror == 'batch': futs.append(self.producer.send(self.mirror_topic, '\n'.join(rows).encode()))
     elif rows and self.o.mirror == 'row': futs += [self.producer.send(self.mirror_topic, r.encode()) for r in rows]
-    own = lambda it, c: (c.cluster_id, c.topic, c.partition, c.offset) == (self.cluster, it.rec.topic, it.rec.partition, it.rec.offset)
+    own = lambda it, c: c == (self.cluster, it.rec.topic, it.rec.partition, it.rec.offset)
     self.archive.write([archive_line(it.rec, self.cluster, None if own(it, c := self._src(it)) else c, it.error) for it in fresh])
     self.csv.write(rows)
     return dict(fresh=fresh, done=self.syncer.submit(self._sync, futs))
@@ -168,7 +168,7 @@ def _new_rows(self: EventsProcessor, conn, items: list[Item]) -> list[Item]:
     "The training items of the batch not stored yet (a replayed event may be): each once, by source coordinates."
     rows = [it for it in items if it.error is None and isinstance(it.value.event, TrainingEvent)]
     groups, t = {}, training_data.c
-    for it in rows: groups.setdefault((it.value.src.cluster_id, it.value.src.topic, it.value.src.partition), []).append(it.value.src.offset)
+    for it in rows: groups.setdefault(it.value.src[:3], []).append(it.value.src.offset)
     have = set()
     for (c, tp, p), offs in groups.items():
         q = sa.select(t.source_offset).where(t.cluster_id == c, t.source_topic == tp, t.source_partition == p,
@@ -176,8 +176,7 @@ def _new_rows(self: EventsProcessor, conn, items: list[Item]) -> list[Item]:
         have |= {(c, tp, p, o) for o in conn.execute(q).scalars()}
     out = []
     for it in rows:
-        k = (it.value.src.cluster_id, it.value.src.topic, it.value.src.partition, it.value.src.offset)
-        if k not in have: have.add(k); out.append(it)
+        if (k := it.value.src) not in have: have.add(k); out.append(it)
     return out
 
 @patch
@@ -208,8 +207,7 @@ ROW_COLUMNS = ['cluster_id', 'source_topic', 'source_partition', 'source_offset'
 def _record(self: EventsProcessor, conn, items: list[Item], new: list[Item]) -> None:
     "Rows, dead letters, counters and offsets of the batch, in the caller's transaction."
     now = utcnow()
-    insert_rows(conn, training_data, ROW_COLUMNS, [(c.cluster_id, c.topic, c.partition, c.offset, it.value.csv, ms_to_utc(it.value.ts), now)
-                                                   for it in new for c in (it.value.src,)])
+    insert_rows(conn, training_data, ROW_COLUMNS, [(*it.value.src, it.value.csv, ms_to_utc(it.value.ts), now) for it in new])
     bad = [it for it in items if it.error is not None]
     if bad: conn.execute(dead_letters.insert(), [dict(cluster_id=self.cluster, source_topic=it.rec.topic, source_partition=it.rec.partition,
                                                       source_offset=it.rec.offset, error=it.error.encode('utf-8', 'backslashreplace').decode(),

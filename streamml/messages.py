@@ -12,10 +12,10 @@ from .config import Settings, MODEL_NAME
 from .errors import StreamMLError, ValidationError, SchemaError, PayloadTooLarge, UnknownCommandError
 
 # %% auto #0
-__all__ = ['FLOAT32_MAX', 'PLAIN', 'Event', 'TRIGGER', 'PARAMETER', 'Limits', 'json_depth', 'decode_object', 'parse_numbers',
-           'fmt_number', 'TrainingRow', 'parse_row', 'parse_rows', 'TrainingEvent', 'CommandEvent', 'BadEvent',
-           'parse_command', 'parse_events', 'parse_event', 'PredictionRequest', 'parse_request', 'utc_stamp',
-           'finite_or_none', 'served_fields', 'make_response', 'encode', 'training_event', 'command_event',
+__all__ = ['FLOAT32_MAX', 'PLAIN', 'BATCH_MIN', 'Event', 'TRIGGER', 'PARAMETER', 'Limits', 'json_depth', 'decode_object',
+           'parse_numbers', 'fmt_number', 'TrainingRow', 'parse_row', 'parse_rows', 'TrainingEvent', 'CommandEvent',
+           'BadEvent', 'parse_command', 'parse_events', 'parse_event', 'PredictionRequest', 'parse_request',
+           'utc_stamp', 'finite_or_none', 'served_fields', 'make_response', 'encode', 'training_event', 'command_event',
            'prediction_request', 'model_update', 'parse_model_update']
 
 # %% ../nbs/01_messages.ipynb #3296c1a3
@@ -136,6 +136,8 @@ def _batch_values(payloads: list, lim: Limits) -> np.ndarray|None:
     try: return np.array(list(map(float, text.split(','))), dtype=np.float64).reshape(-1, nc)
     except ValueError: return None
 
+BATCH_MIN = 8   # rows from which checking them together is faster than one by one (measured: equal at 8)
+
 def _row_or_error(payload, lim: Limits) -> TrainingRow|SchemaError:
     try: return parse_row(payload, lim)
     except SchemaError as e: return e
@@ -144,7 +146,7 @@ def parse_rows(payloads: list,        # training payloads (any JSON values: a ba
                lim: Limits=Limits()   # bounds: feature count, range, label range
               ) -> list[TrainingRow|SchemaError]:
     "`parse_row` of many payloads at once: for each, the `TrainingRow` it returns or the `SchemaError` it raises."
-    vals = _batch_values(payloads, lim) if payloads else None
+    vals = _batch_values(payloads, lim) if len(payloads) >= BATCH_MIN else None
     if vals is None: return [_row_or_error(p, lim) for p in payloads]
     (lo, hi), lab = lim.labels, vals[:, -1]
     ok = (np.abs(vals) <= lim.max_abs).all(axis=1) & (lab == np.floor(lab)) & (lab >= lo) & (lab <= hi)   # NaN fails each

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import base64, functools, hashlib, hmac, re
 from dataclasses import dataclass
+from typing import NamedTuple
 import orjson
 from .errors import ValidationError
 from .messages import encode
@@ -19,9 +20,8 @@ __all__ = ['TOPIC_NAME', 'MAX_OFFSET', 'MAX_TIMESTAMP', 'REPLAY_KEYS', 'DEAD_LET
 TOPIC_NAME = re.compile(r'[A-Za-z0-9._-]{1,249}')   # what Kafka accepts as a topic name
 MAX_OFFSET = 2**63 - 1
 
-@dataclass(frozen=True)
-class Coords:
-    "Where an event was first read: cluster id, topic, partition, offset."
+class Coords(NamedTuple):
+    "Where an event was first read: cluster id, topic, partition, offset (a tuple: made for every record, compared as a key)."
     cluster_id: str
     topic: str
     partition: int
