@@ -47,7 +47,7 @@ KAFKA_PROFILES = MappingProxyType({
         'producer': dict(enable_idempotence=True, acks='all', linger_ms=5, batch_size=256 * 1024,
                          allow_auto_create_topics=False),
         'consumer': dict(auto_offset_reset='earliest', enable_auto_commit=False, allow_auto_create_topics=False,
-                         max_poll_records=500),
+                         max_poll_records=500, session_timeout_ms=10_000, heartbeat_interval_ms=3_000),
         'admin':    dict(),
     },
 })
