@@ -54,9 +54,9 @@ def model_dir(s: Settings, # settings (home)
 # %% ../nbs/10_registry.ipynb #329a35ba
 def new_version_name(t: dt.datetime|None=None # creation time (default now, UTC)
                     ) -> str:
-    "A version name that sorts by creation time: `YYYYMMDD-HHMMSS-xxxxxx`."
+    "A version name that sorts by creation time to the millisecond: `YYYYMMDD-HHMMSS-mmm-xxxxxx` (then 6 random hex digits)."
     t = t or dt.datetime.now(dt.UTC)
-    return f'{t:%Y%m%d-%H%M%S}-{uuidlib.uuid4().hex[:6]}'
+    return f'{t:%Y%m%d-%H%M%S}-{t.microsecond // 1000:03d}-{uuidlib.uuid4().hex[:6]}'
 
 # %% ../nbs/10_registry.ipynb #e6546692
 def read_version(path: Path # a version directory
