@@ -684,6 +684,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'streamml.procs.StopFlag.install': ('procs.html#stopflag.install', 'streamml/procs.py'),
                                 'streamml.procs.StopFlag.set': ('procs.html#stopflag.set', 'streamml/procs.py'),
                                 'streamml.procs.StopFlag.wait': ('procs.html#stopflag.wait', 'streamml/procs.py'),
+                                'streamml.procs._bind': ('procs.html#_bind', 'streamml/procs.py'),
                                 'streamml.procs.answers': ('procs.html#answers', 'streamml/procs.py'),
                                 'streamml.procs.die_with_parent': ('procs.html#die_with_parent', 'streamml/procs.py'),
                                 'streamml.procs.free_port': ('procs.html#free_port', 'streamml/procs.py'),

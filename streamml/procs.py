@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_procs.ipynb #5e075854
 from __future__ import annotations
-import ctypes, gc, os, select, signal, socket, subprocess, time
+import ctypes, errno, gc, os, select, signal, socket, subprocess, time
 from fastcore.basics import patch
 
 # %% auto #0
@@ -79,19 +79,29 @@ def kill_tree(pid: int # a child's pid
     psutil.wait_procs(procs, timeout=10)
 
 # %% ../nbs/04_procs.ipynb #76227206
-def free_port(host: str='127.0.0.1' # interface to probe
-             ) -> int:
-    "A TCP port that is free on `host` right now."
-    with socket.socket() as s: s.bind((host, 0)); return s.getsockname()[1]
-
-def port_is_free(port: int,             # TCP port
-                 host: str='127.0.0.1'  # interface
-                ) -> bool:
-    "True when nothing listens on `host:port` and we may bind it."
-    with socket.socket() as s:
+def _bind(host: str, port: int) -> bool|None:
+    "True when `host:port` (IPv4 or IPv6) can be bound, False when it is taken, None when `host` is no address of this machine."
+    try: family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror: return None
+    with socket.socket(family) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try: s.bind((host, port)); return True
-        except OSError: return False
+        except OSError as e: return None if e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) else False
+
+def free_port(host: str='127.0.0.1' # interface to probe
+             ) -> int:
+    "A TCP port that is free on `host` right now (on the IPv4 loopback: on `::1` too)."
+    for _ in range(50):
+        with socket.socket(socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]) as s: s.bind((host, 0)); p = s.getsockname()[1]
+        if port_is_free(p, host): return p
+    raise OSError(f'no free port on {host}')
+
+def port_is_free(port: int,             # TCP port
+                 host: str='127.0.0.1'  # interface: an IPv4 or IPv6 address or a name
+                ) -> bool:
+    "True when nothing listens on `host:port` and we may bind it; on the IPv4 loopback also nothing on `::1` (where a client of `localhost` may go first)."
+    if not _bind(host, port): return False
+    return host != '127.0.0.1' or _bind('::1', port) is not False
 
 # %% ../nbs/04_procs.ipynb #a79124d0
 def answers(host: str,            # address
