@@ -14,7 +14,7 @@ from .config import Settings, make_producer, ensure_home
 from .db import (make_engine, init_db, insert_rows, upsert, increment, minute, utcnow, secret, training_data,
                          consumer_offsets, event_counters, dead_letters)
 from .errors import BrokerError, ConfigError, ValidationError, StreamMLError
-from .messages import Limits, parse_events, TrainingEvent, CommandEvent, BadEvent
+from .messages import Limits, parse_event, TrainingEvent, CommandEvent, BadEvent
 from .records import Coords, replayed_from, dead_letter, archive_line, MAX_TIMESTAMP
 from .archive import RotatingFile, sink_spec
 from .runner import Processor, Runner, RunnerOptions, Outage, Item
@@ -90,17 +90,10 @@ class EventsProcessor(Processor):
 
     def process(self, rec) -> Parsed:
         "Parse and validate one event; a bad one raises (a dead letter)."
-        if isinstance(v := self.process_many([rec])[0], Exception): raise v
-        return v
-
-    def process_many(self, recs: list) -> list:
-        "A poll's events parsed together (`parse_events`): each a `Parsed`, or the `ValidationError` that rejects it."
-        return [self._parsed(rec, ev) for rec, ev in zip(recs, parse_events([r.value for r in recs], self.lim, self.known))]
-
-    def _parsed(self, rec, ev) -> Parsed|ValidationError:
         src, ts, why = source_of(rec, self.cluster, self.key)
         if why: self._ignored(rec, why)
-        if isinstance(ev, BadEvent): return ValidationError(ev.error)
+        ev = parse_event(rec.value, self.lim, self.known)
+        if isinstance(ev, BadEvent): raise ValidationError(ev.error)
         return Parsed(src, ts, ev, ev.row.csv() if isinstance(ev, TrainingEvent) else None)
 
     def _ignored(self, rec, why: str) -> None:

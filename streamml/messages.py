@@ -5,18 +5,17 @@
 # %% ../nbs/01_messages.ipynb #582c9cf6
 from __future__ import annotations
 import datetime as dt, math, re, time
-import numpy as np
 from dataclasses import dataclass, field
 import orjson
 from .config import Settings, MODEL_NAME
 from .errors import StreamMLError, ValidationError, SchemaError, PayloadTooLarge, UnknownCommandError
 
 # %% auto #0
-__all__ = ['FLOAT32_MAX', 'PLAIN', 'BATCH_MIN', 'Event', 'TRIGGER', 'PARAMETER', 'Limits', 'json_depth', 'decode_object',
-           'parse_numbers', 'fmt_number', 'TrainingRow', 'parse_row', 'parse_rows', 'TrainingEvent', 'CommandEvent',
-           'BadEvent', 'parse_command', 'parse_events', 'parse_event', 'PredictionRequest', 'parse_request',
-           'utc_stamp', 'finite_or_none', 'served_fields', 'make_response', 'encode', 'training_event', 'command_event',
-           'prediction_request', 'model_update', 'parse_model_update']
+__all__ = ['FLOAT32_MAX', 'PLAIN', 'Event', 'TRIGGER', 'PARAMETER', 'Limits', 'json_depth', 'decode_object', 'parse_numbers',
+           'fmt_number', 'TrainingRow', 'parse_row', 'TrainingEvent', 'CommandEvent', 'BadEvent', 'parse_command',
+           'parse_event', 'PredictionRequest', 'parse_request', 'utc_stamp', 'finite_or_none', 'served_fields',
+           'make_response', 'encode', 'training_event', 'command_event', 'prediction_request', 'model_update',
+           'parse_model_update']
 
 # %% ../nbs/01_messages.ipynb #3296c1a3
 FLOAT32_MAX = 3.4028234663852886e38   # the largest finite float32: the served dtype's range
@@ -126,34 +125,6 @@ def parse_row(payload: str,        # CSV text, e.g. "3,4,5,6"
     if not lo <= label <= hi: raise SchemaError(f'label {fmt_number(label)} is outside the declared label range {lo}..{hi}')
     return TrainingRow(vals[:-1], label, payload if PLAIN.fullmatch(payload) else None)
 
-# %% ../nbs/01_messages.ipynb #146e902f
-def _batch_values(payloads: list, lim: Limits) -> np.ndarray|None:
-    "The batch's numbers as an n × (features + 1) array, or None when some payload needs the one-by-one check."
-    nc = lim.n_features + 1
-    if not all(type(p) is str and p.count(',') == nc - 1 for p in payloads): return None
-    text = ','.join(payloads)
-    if '_' in text: return None
-    try: return np.array(list(map(float, text.split(','))), dtype=np.float64).reshape(-1, nc)
-    except ValueError: return None
-
-BATCH_MIN = 8   # rows from which checking them together is faster than one by one (measured: equal at 8)
-
-def _row_or_error(payload, lim: Limits) -> TrainingRow|SchemaError:
-    try: return parse_row(payload, lim)
-    except SchemaError as e: return e
-
-def parse_rows(payloads: list,        # training payloads (any JSON values: a bad one gets its error)
-               lim: Limits=Limits()   # bounds: feature count, range, label range
-              ) -> list[TrainingRow|SchemaError]:
-    "`parse_row` of many payloads at once: for each, the `TrainingRow` it returns or the `SchemaError` it raises."
-    vals = _batch_values(payloads, lim) if len(payloads) >= BATCH_MIN else None
-    if vals is None: return [_row_or_error(p, lim) for p in payloads]
-    (lo, hi), lab = lim.labels, vals[:, -1]
-    ok = (np.abs(vals) <= lim.max_abs).all(axis=1) & (lab == np.floor(lab)) & (lab >= lo) & (lab <= hi)   # NaN fails each
-    plain = PLAIN.fullmatch(','.join(payloads)) is not None        # every payload canonical already (the usual case)
-    return [TrainingRow(tuple(v[:-1]), v[-1], p if plain or PLAIN.fullmatch(p) else None) if good else _row_or_error(p, lim)
-            for p, v, good in zip(payloads, vals.tolist(), ok.tolist())]
-
 # %% ../nbs/01_messages.ipynb #084033bc
 @dataclass(frozen=True)
 class TrainingEvent:
@@ -220,33 +191,18 @@ def parse_command(obj: dict,      # the decoded event
     return CommandEvent(m.group(1), trigger, _text(obj.get('reason'), 'reason', lim.max_text) or None,
                         _parameters(obj.get('parameters'), lim))
 
-def _decoded(raw: bytes, lim: Limits, known: set[str]) -> tuple[str, object]:
-    "`('training', payload)` (validated with its batch), or `('done', the CommandEvent or BadEvent)`."
-    try:
-        obj = decode_object(raw, lim)
-        kind = obj.get('type')
-        if kind == 'training': return 'training', obj.get('payload')
-        if kind == 'command': return 'done', parse_command(obj, lim, known)
-        raise ValidationError(f'unknown event type {str(kind)[:40]!r}: expected "training" or "command"')
-    except StreamMLError as e: return 'done', BadEvent(str(e))
-
-def parse_events(raws: list,      # Kafka record values
-                 lim: Limits,     # bounds (feature count, sizes, ranges)
-                 known: set[str]  # models with a training notebook
-                ) -> list[Event]:
-    "Turn raw events into `TrainingEvent`s, `CommandEvent`s or `BadEvent`s with the reason, the training rows checked together (`parse_rows`); never raises."
-    out = [_decoded(raw, lim, known) for raw in raws]
-    rows = [i for i, (kind, _) in enumerate(out) if kind == 'training']
-    for i, r in zip(rows, parse_rows([out[i][1] for i in rows], lim)):
-        out[i] = ('done', BadEvent(str(r)) if isinstance(r, SchemaError) else TrainingEvent(r))
-    return [ev for _, ev in out]
-
 def parse_event(raw: bytes,       # the Kafka record value
                 lim: Limits,      # bounds (feature count, sizes, ranges)
                 known: set[str]   # models with a training notebook
                ) -> Event:
-    "One raw event as `parse_events` sees it."
-    return parse_events([raw], lim, known)[0]
+    "Turn a raw event into a `TrainingEvent`, a `CommandEvent` or a `BadEvent` with the reason; never raises."
+    try:
+        obj = decode_object(raw, lim)
+        kind = obj.get('type')
+        if kind == 'training': return TrainingEvent(parse_row(obj.get('payload'), lim))
+        if kind == 'command': return parse_command(obj, lim, known)
+        raise ValidationError(f'unknown event type {str(kind)[:40]!r}: expected "training" or "command"')
+    except StreamMLError as e: return BadEvent(str(e))
 
 # %% ../nbs/01_messages.ipynb #346bd7a3
 @dataclass(frozen=True)

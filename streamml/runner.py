@@ -31,11 +31,6 @@ class Item:
 
     def __str__(self): return f'{self.rec.topic}[{self.rec.partition}]@{self.rec.offset}'
 
-def _value_or_error(f, rec) -> Any:
-    "`f(rec)`, or the exception it raised."
-    try: return f(rec)
-    except Exception as e: return e
-
 def reason(e: BaseException # what went wrong
           ) -> str:
     "A readable, bounded reason for a dead letter: the message of a streamml error, else the exception's type and message."
@@ -48,9 +43,6 @@ class Processor:
     def process(self, rec) -> Any:
         "Turn one record into a value; raise to reject it."
         return rec.value
-    def process_many(self, recs: list) -> list:
-        "The values of a poll's records, made at once where that is cheaper; an exception in place of a value rejects its record."
-        return [_value_or_error(self.process, r) for r in recs]
     def store(self, items: list[Item]) -> None:
         "Store or answer a batch (rejected items included, as dead letters); raise when it cannot."
     def positions(self, tps) -> dict:
@@ -209,20 +201,15 @@ def _plan(self: Runner, polled: dict) -> list[Item]:
         if how == 'quarantine':
             items.append(Item(recs[0], error=f'stopped the service {n} times: quarantined')); n = 1
             log.error('%s[%s]@%s: stopped the service %d times: quarantined', tp.topic, tp.partition, recs[0].offset, n)
-        else: items += self._process(recs[:n])
+        else: items += [self._process(r) for r in recs[:n]]
         if n < len(recs): self.consumer.seek(tp, recs[n].offset)   # the rest: next poll
     return items
 
 @patch
-def _process(self: Runner, recs: list) -> list[Item]:
-    "The per-record boundary: an exception rejects its record only (should `process_many` itself fail, each record goes through `process`)."
-    try:
-        vals = self.proc.process_many(recs)
-        if len(vals) != len(recs): raise StreamMLError(f'process_many returned {len(vals)} values for {len(recs)} records')
-    except Exception as e:
-        log.warning('%s: %s; processing the batch record by record', self.o.name, reason(e))
-        vals = [_value_or_error(self.proc.process, r) for r in recs]
-    return [Item(r, error=reason(v)) if isinstance(v, BaseException) else Item(r, v) for r, v in zip(recs, vals)]
+def _process(self: Runner, rec) -> Item:
+    "The per-record boundary: any exception rejects this record only."
+    try: return Item(rec, self.proc.process(rec))
+    except Exception as e: return Item(rec, error=reason(e))
 
 # %% ../nbs/09_runner.ipynb #31028a60
 @patch
