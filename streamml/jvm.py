@@ -190,8 +190,9 @@ def spawn(cmd: list[str], # command line
 
 # %% ../nbs/06_jvm.ipynb #8c266887
 def new_cluster_id() -> str:
-    "A fresh KRaft cluster id: 16 random bytes in base64url without padding (22 characters)."
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip('=')
+    "A fresh KRaft cluster id: 16 random bytes in base64url without padding (22 characters), never starting with '-' (as Kafka's own `Uuid.randomUuid`)."
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip('=')).startswith('-'): pass   # kafka-storage's `-t -x...` reads an option
+    return cid
 
 @dataclass(frozen=True)
 class NodePorts:
