@@ -13,7 +13,8 @@ def test_each_engine_gets_its_client_profile(settings, broker, engine_name):
     if engine_name == 'kafka':
         assert settings.kafka_profile == 'kafka' and type(broker).__name__ == 'KafkaCluster'
         assert (producer['enable_idempotence'], producer['acks']) == (True, 'all')
-        assert 'fetch_max_wait_ms' not in consumer and 'session_timeout_ms' not in consumer   # Apache Kafka's defaults
+        assert 'fetch_max_wait_ms' not in consumer                         # Apache Kafka wakes a waiting fetch: its default
+        assert consumer['session_timeout_ms'] == 10_000                    # not kafka-python's 45 s: a restart after a crash resumes sooner
     else:
         assert settings.kafka_profile == 'embedded' and type(broker).__name__ == 'EmbeddedBroker'
         assert producer['acks'] == 1 and consumer['fetch_max_wait_ms'] == KAFKA_PROFILES['embedded']['consumer']['fetch_max_wait_ms']
