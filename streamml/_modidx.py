@@ -371,7 +371,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'streamml.data': { 'streamml.data.csv_rows': ('data.html#csv_rows', 'streamml/data.py'),
                                'streamml.data.drifting': ('data.html#drifting', 'streamml/data.py'),
                                'streamml.data.judges': ('data.html#judges', 'streamml/data.py'),
-                               'streamml.data.load_rows': ('data.html#load_rows', 'streamml/data.py'),
                                'streamml.data.read_window': ('data.html#read_window', 'streamml/data.py')},
             'streamml.db': { 'streamml.db._column_values': ('db.html#_column_values', 'streamml/db.py'),
                              'streamml.db._sqlite_pragmas': ('db.html#_sqlite_pragmas', 'streamml/db.py'),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno, hashlib, io, logging, os, shutil, tarfile, uuid
 from pathlib import Path
 import sqlalchemy as sa
-from .config import Settings
 from .db import artifacts, artifact_chunks, utcnow
 from .errors import NoChampionError
 

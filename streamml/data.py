@@ -10,7 +10,7 @@ from .db import training_data
 from .messages import parse_numbers
 
 # %% auto #0
-__all__ = ['REGIMES', 'judges', 'csv_rows', 'drifting', 'read_window', 'load_rows']
+__all__ = ['REGIMES', 'judges', 'csv_rows', 'drifting', 'read_window']
 
 # %% ../nbs/03_data.ipynb #b035dafc
 REGIMES = {  # name -> (weights of the three judges, bias): fourth = clip(round(w·x + bias + noise), 0, 10)
@@ -69,10 +69,3 @@ def read_window(conn,                  # SQLAlchemy connection or engine
     info = dict(rows=len(rows), first_id=rows[0].id if rows else None, last_id=rows[-1].id if rows else None,
                 offsets={k: list(v) for k, v in offsets.items()}, clusters=sorted({r.cluster_id for r in rows}))
     return vals[:, :n_features], vals[:, n_features], info, rows
-
-def load_rows(conn,                  # SQLAlchemy connection or engine
-              n_features: int,       # feature columns before the label
-              window: int|None=None  # newest rows to use (None: all)
-             ) -> tuple[np.ndarray, np.ndarray, dict]:
-    "`(X, y, info)` of the stored training rows, oldest first; `info` has rows, first/last id and offset ranges."
-    return read_window(conn, n_features, window)[:3]

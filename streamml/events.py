@@ -4,7 +4,7 @@
 
 # %% ../nbs/21_events.ipynb #e0ce4a23
 from __future__ import annotations
-import datetime as dt, functools, logging, os, threading, time
+import datetime as dt, functools, logging, os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,7 +13,7 @@ from fastcore.basics import patch
 from .config import Settings, make_producer, ensure_home
 from .db import (make_engine, init_db, insert_rows, upsert, increment, minute, utcnow, secret, training_data,
                          consumer_offsets, event_counters, dead_letters)
-from .errors import BrokerError, ConfigError, ValidationError, StreamMLError
+from .errors import BrokerError, ConfigError, ValidationError
 from .messages import Limits, parse_event, TrainingEvent, CommandEvent, BadEvent
 from .records import Coords, replayed_from, dead_letter, archive_line, MAX_TIMESTAMP
 from .archive import RotatingFile, sink_spec

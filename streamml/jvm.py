@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_jvm.ipynb #4bdd2c26
 from __future__ import annotations
-import base64, fcntl, hashlib, json, logging, os, re, shutil, subprocess, sys, time, uuid
+import base64, fcntl, hashlib, json, logging, os, re, shutil, subprocess, time, uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType

@@ -91,8 +91,9 @@ def _bind(host: str, port: int) -> bool|None:
 def free_port(host: str='127.0.0.1' # interface to probe
              ) -> int:
     "A TCP port that is free on `host` right now (on the IPv4 loopback: on `::1` too)."
+    family = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]
     for _ in range(50):
-        with socket.socket(socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]) as s: s.bind((host, 0)); p = s.getsockname()[1]
+        with socket.socket(family) as s: s.bind((host, 0)); p = s.getsockname()[1]
         if port_is_free(p, host): return p
     raise OSError(f'no free port on {host}')
 

@@ -4,14 +4,14 @@
 
 # %% ../nbs/10_registry.ipynb #bf849f9a
 from __future__ import annotations
-import datetime as dt, json, logging, os, platform, shutil, subprocess, uuid as uuidlib
+import datetime as dt, json, logging, os, platform, shutil, uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 from .config import Settings, MODEL_NAME
 from . import provenance
 from .errors import NoChampionError, UnknownModelError, StreamMLError
-from .predictors import (Predictor, DensePredictor, TreePredictor, LinearPredictor, KINDS, ACTIVATIONS, dense_from_keras,
+from .predictors import (Predictor, DensePredictor, TreePredictor, LinearPredictor, KINDS, dense_from_keras,
                                  tree_from_sklearn, linear_arrays, score)
 
 log = logging.getLogger(__name__)

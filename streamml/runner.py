@@ -4,11 +4,10 @@
 
 # %% ../nbs/09_runner.ipynb #59c751eb
 from __future__ import annotations
-import logging, os, threading, time
+import logging, os, time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 from fastcore.basics import patch
 from .config import Settings, make_consumer, consumer_lag
@@ -89,7 +88,7 @@ class Runner:
 
     def _consumer(self):
         "A consumer of the topic: subscribed in the group (with rebalance hooks), or assigned every partition."
-        from kafka import ConsumerRebalanceListener, TopicPartition
+        from kafka import ConsumerRebalanceListener
         o, r = self.o, self
         c = make_consumer(self.s, group_id=o.group, max_poll_records=o.max_records, client_id=f'streamml-{o.name}-{os.getpid()}', **o.consumer)
         if o.group is None: return c
