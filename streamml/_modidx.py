@@ -374,6 +374,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'streamml.data.read_window': ('data.html#read_window', 'streamml/data.py')},
             'streamml.db': { 'streamml.db._column_values': ('db.html#_column_values', 'streamml/db.py'),
                              'streamml.db._sqlite_pragmas': ('db.html#_sqlite_pragmas', 'streamml/db.py'),
+                             'streamml.db._upsert_stmt': ('db.html#_upsert_stmt', 'streamml/db.py'),
                              'streamml.db.args_db': ('db.html#args_db', 'streamml/db.py'),
                              'streamml.db.cmd_db': ('db.html#cmd_db', 'streamml/db.py'),
                              'streamml.db.increment': ('db.html#increment', 'streamml/db.py'),

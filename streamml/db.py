@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_db.ipynb #2d5513dd
 from __future__ import annotations
-import datetime as dt
+import datetime as dt, functools
 import logging
 from pathlib import Path
 import sqlalchemy as sa
@@ -268,15 +268,7 @@ def upsert(conn: sa.Connection, # open connection (inside the caller's transacti
           ) -> None:
     "Insert rows, or overwrite the non-key columns of those whose key exists (one statement)."
     if not rows: return
-    cols = [c for c in rows[0] if c not in keys]
-    if conn.dialect.name == 'sqlite':
-        stmt = sqlite.insert(table)
-        stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in cols})
-    elif conn.dialect.name in ('mysql', 'mariadb'):
-        stmt = mysql.insert(table)
-        stmt = stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in cols})
-    else: raise StoreError(f'upsert: unsupported database {conn.dialect.name}')
-    conn.execute(stmt, rows)
+    conn.execute(_upsert_stmt(conn.dialect.name, table, tuple(keys), tuple(c for c in rows[0] if c not in keys)), rows)
 
 def increment(conn: sa.Connection, # open connection
               table: Table,         # counter table
@@ -284,16 +276,18 @@ def increment(conn: sa.Connection, # open connection
               amounts: dict         # column -> amount to add
              ) -> None:
     "Add `amounts` to the row with `key`, creating it when missing (one statement, race free)."
-    row = {**key, **amounts}
-    name = conn.dialect.name
-    if name == 'sqlite':
-        stmt = sqlite.insert(table).values(row)
-        stmt = stmt.on_conflict_do_update(index_elements=list(key), set_={k: table.c[k] + stmt.excluded[k] for k in amounts})
-    elif name in ('mysql', 'mariadb'):
-        stmt = mysql.insert(table).values(row)
-        stmt = stmt.on_duplicate_key_update({k: table.c[k] + stmt.inserted[k] for k in amounts})
-    else: raise StoreError(f'increment: unsupported database {name}')
-    conn.execute(stmt)
+    conn.execute(_upsert_stmt(conn.dialect.name, table, tuple(key), tuple(amounts), add=True), {**key, **amounts})
+
+@functools.lru_cache(maxsize=64)
+def _upsert_stmt(dialect: str, table: Table, keys: tuple, cols: tuple, add: bool=False):
+    "The insert-or-update statement of `upsert` (`add`: of `increment`), built once per table and columns: SQLAlchemy takes ~0.3 ms to build one."
+    if dialect == 'sqlite':
+        stmt = sqlite.insert(table); new = stmt.excluded
+        return stmt.on_conflict_do_update(index_elements=list(keys), set_={c: table.c[c] + new[c] if add else new[c] for c in cols})
+    if dialect in ('mysql', 'mariadb'):
+        stmt = mysql.insert(table); new = stmt.inserted
+        return stmt.on_duplicate_key_update({c: table.c[c] + new[c] if add else new[c] for c in cols})
+    raise StoreError(f'{"increment" if add else "upsert"}: unsupported database {dialect}')
 
 def minute(t: dt.datetime|None=None # a UTC time (default now)
           ) -> dt.datetime:

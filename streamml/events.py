@@ -87,6 +87,9 @@ class EventsProcessor(Processor):
         self.known = KnownModels(s)      # a notebook added counts at once, without a stat per training event
         self.written, self.outcomes, self.ignored = {}, {}, Counter()
         self.syncer = ThreadPoolExecutor(1, thread_name_prefix='events-sync')   # side outputs made durable during the transaction
+        t, b = training_data.c, sa.bindparam   # the duplicate check's query, built once (building one takes longer than running it)
+        self.stored_q = sa.select(t.source_offset).where(t.cluster_id == b('c'), t.source_topic == b('tp'), t.source_partition == b('p'),
+                                                         t.source_offset.between(b('lo'), b('hi')))
 
     def process(self, rec) -> Parsed:
         "Parse and validate one event; a bad one raises (a dead letter)."
@@ -160,13 +163,11 @@ def _durable(self: EventsProcessor, sync: dict|None, quiet: bool=False) -> None:
 def _new_rows(self: EventsProcessor, conn, items: list[Item]) -> list[Item]:
     "The training items of the batch not stored yet (a replayed event may be): each once, by source coordinates."
     rows = [it for it in items if it.error is None and isinstance(it.value.event, TrainingEvent)]
-    groups, t = {}, training_data.c
+    groups = {}
     for it in rows: groups.setdefault(it.value.src[:3], []).append(it.value.src.offset)
     have = set()
     for (c, tp, p), offs in groups.items():
-        q = sa.select(t.source_offset).where(t.cluster_id == c, t.source_topic == tp, t.source_partition == p,
-                                             t.source_offset.between(min(offs), max(offs)))
-        have |= {(c, tp, p, o) for o in conn.execute(q).scalars()}
+        have |= {(c, tp, p, o) for o in conn.execute(self.stored_q, dict(c=c, tp=tp, p=p, lo=min(offs), hi=max(offs))).scalars()}
     out = []
     for it in rows:
         if (k := it.value.src) not in have: have.add(k); out.append(it)

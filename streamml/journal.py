@@ -20,7 +20,7 @@ class Journal:
                  max_attempts: int=2):      # deaths a record may cause before it is quarantined
         self.folder, self.max_attempts = Path(folder), max_attempts
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.state, self.begun = {}, set()
+        self.state, self.begun = {}, set()   # begun: partitions this process has planned a batch of (bounded by the assignment)
         self.stored, self.lock = {}, threading.Lock()   # tp -> last offset stored by this process (overlap)
 
     def _path(self, tp) -> Path: return self.folder/f'{tp.topic}-{tp.partition}.json'
@@ -47,13 +47,13 @@ def _plan(self: Journal, tp, first: int, last: int, since: int|None) -> tuple[st
     st = self._load(tp)
     if since is not None and since <= self.stored.get(tp, -1) < first: since = None   # that batch is stored already
     inflight, sus = st.get('inflight'), st.get('suspect')
-    if inflight and inflight[0] == first and (tp, first) not in self.begun:   # the last process died with these in flight
+    if inflight and inflight[0] == first and tp not in self.begun:   # the last process died with these in flight
         deaths = sus[2] + 1 if sus and sus[0] <= first <= sus[1] else 1
         sus = [first, inflight[1], deaths]
         log.warning('%s[%s]@%s..%s: in flight when the service stopped (%d time(s)); handling them one at a time',
                     tp.topic, tp.partition, first, inflight[1], deaths)
     if sus and first > sus[1]: sus = None
-    self.begun.add((tp, first))
+    self.begun.add(tp)   # from now on the file holds this process's batches
     if sus and sus[0] == sus[1] == first and sus[2] >= self.max_attempts:
         self._save(tp, st | dict(inflight=None, suspect=None)); self.state[tp] = {}
         return 'quarantine', sus[2]
@@ -77,12 +77,13 @@ def calm(self: Journal, tp, first: int) -> bool:
     with self.lock:
         st = self._load(tp)
         inflight, sus = st.get('inflight'), st.get('suspect')
-        died = inflight and inflight[0] == first and (tp, first) not in self.begun
+        died = inflight and inflight[0] == first and tp not in self.begun
         return not died and not (sus and first <= sus[1])
 
 @patch
 def clear(self: Journal, tp) -> None:
     "Nothing of `tp` is in flight any more (a clean stop, or the partition moved away)."
     with self.lock:
-        self.stored.pop(tp, None)
-        if self._load(tp).get('inflight'): self._save(tp, {}); self.state[tp] = {}
+        self.stored.pop(tp, None); self.begun.discard(tp)
+        if self._load(tp).get('inflight'): self._save(tp, {})
+        self.state.pop(tp, None)   # read again if the partition comes back: another process may have had it meanwhile
