@@ -11,9 +11,11 @@ from fastcore.basics import patch
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'Journal']
+__all__ = ['log', 'JOURNAL_BYTES', 'Journal']
 
 # %% ../nbs/09a_journal.ipynb #5b956d0e
+JOURNAL_BYTES = 256   # a partition's file: its state as JSON padded with spaces (offsets have at most 19 digits: ~120 bytes)
+
 class Journal:
     "Per-partition files saying which offsets are in flight, so that a process death is seen at the next start."
     def __init__(self, folder: Path,        # $STREAMML_HOME/journal/<service>-<group>
@@ -22,6 +24,7 @@ class Journal:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.state, self.begun = {}, set()   # begun: partitions this process has planned a batch of (bounded by the assignment)
         self.stored, self.lock = {}, threading.Lock()   # tp -> last offset stored by this process (overlap)
+        self.files = {}                                   # tp -> its open file (closed by `clear`)
 
     def _path(self, tp) -> Path: return self.folder/f'{tp.topic}-{tp.partition}.json'
 
@@ -32,8 +35,10 @@ class Journal:
         return self.state[tp]
 
     def _save(self, tp, st: dict) -> None:
-        tmp = self._path(tp).with_suffix('.tmp')
-        tmp.write_text(json.dumps(st)); os.replace(tmp, self._path(tp))
+        "Rewrite `tp`'s file in place, one write of `JOURNAL_BYTES`: a killed process leaves the old state or the new one, never half."
+        if (f := self.files.get(tp)) is None:
+            f = self.files[tp] = open(os.open(self._path(tp), os.O_RDWR | os.O_CREAT, 0o644), 'r+b', buffering=0)
+        os.pwrite(f.fileno(), json.dumps(st).encode().ljust(JOURNAL_BYTES), 0)
 
 # %% ../nbs/09a_journal.ipynb #516a55cf
 @patch
@@ -86,4 +91,5 @@ def clear(self: Journal, tp) -> None:
     with self.lock:
         self.stored.pop(tp, None); self.begun.discard(tp)
         if self._load(tp).get('inflight'): self._save(tp, {})
+        if (f := self.files.pop(tp, None)) is not None: f.close()
         self.state.pop(tp, None)   # read again if the partition comes back: another process may have had it meanwhile
