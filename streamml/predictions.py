@@ -5,13 +5,13 @@
 # %% ../nbs/22_predictions.ipynb #8b261ff6
 from __future__ import annotations
 import gc, logging, os, time, uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 import orjson
 from fastcore.basics import patch
 from .procs import StopFlag, answers
 from .config import Settings, make_consumer, make_producer
-from .errors import StreamMLError, BrokerError
-from .messages import Limits, PredictionRequest, parse_request, make_response, encode, prediction_request
+from .errors import StreamMLError
+from .messages import Limits, PredictionRequest, parse_request, encode, prediction_request
 from .records import Coords, dead_letter
 from .runner import Processor, Runner, RunnerOptions, Outage, Item
 from .scoring import Champions, answer
@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 GROUP = 'streamml-predictions'  # the consumer group every instance joins
 
 # %% auto #0
-__all__ = ['log', 'GROUP', 'undecodable', 'PredictionsProcessor', 'PredictionMetrics', 'Counters', 'predictions_runner',
-           'PredictionTimeout', 'PredictClient', 'predict', 'args_predictions', 'cmd_predictions', 'args_predict',
-           'cmd_predict']
+__all__ = ['log', 'GROUP', 'MAX_ASKED', 'undecodable', 'PredictionsProcessor', 'PredictionMetrics', 'Counters',
+           'predictions_runner', 'PredictionTimeout', 'PredictClient', 'predict', 'args_predictions', 'cmd_predictions',
+           'args_predict', 'cmd_predict']
 
 # %% ../nbs/22_predictions.ipynb #fe815fe3
 def undecodable(req: PredictionRequest # a parsed request
@@ -157,13 +157,15 @@ class PredictionTimeout(StreamMLError):
     "No response arrived in time."
     status = 504
 
+MAX_ASKED = 10_000   # ids a client waits for at most; one that only sends forgets the oldest
+
 class PredictClient:
     "Ask for predictions over Kafka; `ask()` waits for the response with the request's id."
     def __init__(self, s: Settings, # settings (topics, client settings)
                  start_timeout: float=10.0): # how long to look for the end of the response topic
         from streamml.broker import require_broker
         require_broker(s)
-        self.s, self.pending = s, {}
+        self.s, self.pending, self.asked = s, {}, OrderedDict()   # responses to ids asked; ids asked and not collected, oldest first
         self.producer = make_producer(s, client_id='streamml-predict')
         self.consumer = make_consumer(s, group_id=None, client_id='streamml-predict')
         try: self._to_end(start_timeout)
@@ -186,6 +188,8 @@ class PredictClient:
 def send(self: PredictClient, model: str, payload, id: str|None=None) -> str:
     "Send one request (key = id); return its id."
     id = id or uuid.uuid4().hex
+    self.asked[id] = None
+    while len(self.asked) > MAX_ASKED: self.pending.pop(self.asked.popitem(last=False)[0], None)
     self.producer.send(self.s.topics.prediction_request_topic, key=id.encode(), value=prediction_request(model, payload, id))
     return id
 
@@ -204,8 +208,12 @@ def wait(self: PredictClient, id: str, timeout: float=10.0) -> dict:
     "The response to request `id`, or `PredictionTimeout`."
     self.producer.flush()
     deadline = time.monotonic() + timeout
+    self.asked.setdefault(id, None)
     while id not in self.pending and time.monotonic() < deadline:
-        for resp in self.poll(50): self.pending[resp.get('id')] = resp
+        for resp in self.poll(50):
+            rid = resp.get('id') if isinstance(resp, dict) else None
+            if isinstance(rid, str) and rid in self.asked: self.pending[rid] = resp   # the topic is shared: other clients' answers are not kept
+    self.asked.pop(id, None)
     if id not in self.pending:
         raise PredictionTimeout(f'no response to request {id} on {self.s.topics.prediction_response_topic} within {timeout:g} s: '
                                 f'is `streamml predictions` running on {self.s.bootstrap_servers}?')

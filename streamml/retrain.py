@@ -147,7 +147,7 @@ class Retrainer:
         self.s, self.engine, self.champions, self.send, self.models, self.env = s, engine, champions, send, models, env
         self.state: dict[str, ModelState] = collections.defaultdict(ModelState)
         self._cfg, self._cfg_key, self._cfg_checked = {}, None, 0.0
-        self.sent: list[dict] = []             # commands sent (newest last), for logs and tests
+        self.sent = collections.deque(maxlen=100)   # the last commands sent (newest last), for logs and tests
         self.reload_policy(force=True)
 
     def watched(self) -> list[str]:
