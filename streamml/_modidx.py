@@ -796,6 +796,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'streamml.runner.Runner._is_outage': ('runner.html#runner._is_outage', 'streamml/runner.py'),
                                  'streamml.runner.Runner._land': ('runner.html#runner._land', 'streamml/runner.py'),
                                  'streamml.runner.Runner._plan': ('runner.html#runner._plan', 'streamml/runner.py'),
+                                 'streamml.runner.Runner._poll_failed': ('runner.html#runner._poll_failed', 'streamml/runner.py'),
                                  'streamml.runner.Runner._process': ('runner.html#runner._process', 'streamml/runner.py'),
                                  'streamml.runner.Runner._revoked': ('runner.html#runner._revoked', 'streamml/runner.py'),
                                  'streamml.runner.Runner._seek': ('runner.html#runner._seek', 'streamml/runner.py'),

@@ -195,9 +195,14 @@ def send(self: PredictClient, model: str, payload, id: str|None=None) -> str:
 
 @patch
 def poll(self: PredictClient, timeout_ms: int=100) -> list[dict]:
-    "Responses that arrived (any id)."
+    "Responses that arrived (any id); none while the broker cannot be reached (`wait` keeps its deadline)."
+    from kafka.errors import KafkaError
     out = []
-    for recs in self.consumer.poll(timeout_ms).values():
+    try: polled = self.consumer.poll(timeout_ms)
+    except KafkaError as e:   # kafka-python 3 lets a connection error out of `poll` when the broker goes away
+        if not e.retriable: raise
+        log.warning('reading %s: %s', self.s.topics.prediction_response_topic, e); return out
+    for recs in polled.values():
         for r in recs:
             try: out.append(orjson.loads(r.value))
             except (orjson.JSONDecodeError, TypeError): pass

@@ -144,7 +144,7 @@ def _down(self: Runner, e: BaseException) -> None:
         self.down_since = time.monotonic(); self._probe_at = self.down_since
         log.warning('%s: %s unreachable (%s); pausing %s and probing every %.0f s', self.o.name, 'infrastructure',
                     str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
-                    ', '.join(f'{t.topic}[{t.partition}]' for t in self.consumer.assignment()), self.o.probe_s)
+                    ', '.join(f'{t.topic}[{t.partition}]' for t in self.consumer.assignment()) or 'its partitions', self.o.probe_s)
     self.stats['outages'] += 1
     self.consumer.pause(*self.consumer.assignment())
 
@@ -287,15 +287,26 @@ def _land(self: Runner, later: list[Item]=(), commit: bool=True) -> int:
 @patch
 def poll_once(self: Runner, stop: StopFlag|None=None) -> int:
     "One poll and its batch (or, during an outage, a liveness poll and maybe a probe)."
-    from kafka.errors import AuthorizationError, SaslAuthenticationFailedError, UnsupportedSaslMechanismError
+    from kafka.errors import AuthorizationError, KafkaError, SaslAuthenticationFailedError, UnsupportedSaslMechanismError
     flying = self.flight is not None
     try: polled = self.consumer.poll(timeout_ms=10 if flying else self.o.poll_ms)   # while a batch is stored: look often
     except (SaslAuthenticationFailedError, UnsupportedSaslMechanismError, AuthorizationError) as e:
         raise BrokerError(f'the broker at {self.s.bootstrap_servers} refused {self.o.name}: {e}. Check the credentials '
                           f'in STREAMML_KAFKA_CONFIG (sasl_plain_username/sasl_plain_password) and the ACLs') from None
+    except KafkaError as e:
+        if not e.retriable: raise
+        return self._poll_failed(e, stop)
     if self.down_since is not None: self._try_recover(); return 0
     if self.flight and not any(polled.values()) and not self.flight[1].done(): return 0   # nothing new yet: poll again
     return self.handle(polled)
+
+@patch
+def _poll_failed(self: Runner, e: Exception, stop: StopFlag|None) -> int:
+    "`poll` raised a retriable error (the broker went away while the client looked for the group coordinator): an outage."
+    if self.flight: self._land()          # the batch being stored settles first (committed, or sought back)
+    if self.down_since is None: self._down(e)
+    if stop is not None: stop.wait(min(1.0, self.o.probe_s))   # the client fails at once while nothing answers
+    return 0
 
 @patch
 def run(self: Runner, stop: StopFlag) -> int:

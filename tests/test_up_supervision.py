@@ -56,7 +56,7 @@ def test_up_restarts_its_killed_broker_and_rows_are_stored_again(tmp_path):
             parts = {d['name']: len(d['partitions']) for d in a.describe_topics(topics)}
         finally: a.close()
         assert len(parts) == 6 and set(parts.values()) == {1}, parts
-        assert services == {k.pid for k in psutil.Process(p.pid).children() if '--cluster-id' not in k.cmdline()}   # none restarted
+        assert services == {k.pid for k in psutil.Process(p.pid).children() if '--cluster-id' not in k.cmdline()}, text()[-4000:]   # none restarted
         p.send_signal(signal.SIGINT)
         assert p.wait(30) == 0, text()[-3000:]
     finally:
