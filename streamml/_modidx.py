@@ -930,6 +930,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'streamml.up.champion_lines': ('up.html#champion_lines', 'streamml/up.py'),
                              'streamml.up.cmd_up': ('up.html#cmd_up', 'streamml/up.py'),
                              'streamml.up.demo_settings': ('up.html#demo_settings', 'streamml/up.py'),
+                             'streamml.up.last_words': ('up.html#last_words', 'streamml/up.py'),
                              'streamml.up.paused': ('up.html#paused', 'streamml/up.py'),
                              'streamml.up.plan': ('up.html#plan', 'streamml/up.py'),
                              'streamml.up.remove_pointer': ('up.html#remove_pointer', 'streamml/up.py'),

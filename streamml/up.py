@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'Component', 'plan', 'demo_settings', 'start_child', 'champion_lines', 'write_pointer', 'remove_pointer',
-           'Broker', 'paused', 'args_up', 'cmd_up']
+           'Broker', 'paused', 'args_up', 'last_words', 'cmd_up']
 
 # %% ../nbs/45_up.ipynb #f0978cfc
 @dataclass
@@ -206,12 +206,21 @@ def _rows(engine) -> int|None:
         with engine.connect() as c: return c.execute(sa.select(sa.func.count()).select_from(training_data)).scalar()
     except sa.exc.DBAPIError: return None
 
+def last_words(path: Path) -> str:
+    "The last line a child wrote to its log (its error, when it died of one), at most 200 characters."
+    try:
+        with open(path, 'rb') as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096)); lines = f.read().decode(errors='replace').splitlines()
+    except OSError: return ''
+    return next((l.strip()[:200] for l in reversed(lines) if l.strip()), '')
+
 def _supervise(comps: list[Component], s: Settings, stop: StopFlag) -> None:
-    "Restart a child that died (a growing pause, at most 5 times)."
+    "Restart a child that died (a growing pause, at most 5 times), saying what it died of."
     for c in comps:
         if c.proc.poll() is None or c.restarts >= 5: continue
         c.restarts += 1
-        _line(c.name, f'exited with code {c.proc.returncode} (see {c.log_path}); restart {c.restarts}/5')
+        why = f': {w}' if (w := last_words(c.log_path)) else ''
+        _line(c.name, f'exited with code {c.proc.returncode}{why} (see {c.log_path}); restart {c.restarts}/5')
         if not stop.wait(min(30, 2 ** c.restarts)): start_child(c, s, s.path('logs'))
 
 @patch
