@@ -887,6 +887,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'streamml.testing.bench_env': ('testing.html#bench_env', 'streamml/testing.py'),
                                   'streamml.testing.bench_model': ('testing.html#bench_model', 'streamml/testing.py'),
                                   'streamml.testing.emit': ('testing.html#emit', 'streamml/testing.py'),
+                                  'streamml.testing.fail_next_poll': ('testing.html#fail_next_poll', 'streamml/testing.py'),
                                   'streamml.testing.hostile_events': ('testing.html#hostile_events', 'streamml/testing.py'),
                                   'streamml.testing.hostile_requests': ('testing.html#hostile_requests', 'streamml/testing.py'),
                                   'streamml.testing.mariadb_server': ('testing.html#mariadb_server', 'streamml/testing.py'),

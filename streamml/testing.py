@@ -11,9 +11,10 @@ import numpy as np
 from .config import Settings, Topics, load_settings
 
 # %% auto #0
-__all__ = ['wait_for', 'unique_topics', 'settings_for', 'stand_in_project', 'mariadb_server', 'scratch_database', 'mariadb_up',
-           'stop_mariadb', 'start_mariadb', 'percentiles', 'result', 'emit', 'Timer', 'bench_env', 'scratch_home',
-           'bench_model', 'random_dense', 'bench_args', 'Case', 'hostile_events', 'hostile_requests']
+__all__ = ['wait_for', 'fail_next_poll', 'unique_topics', 'settings_for', 'stand_in_project', 'mariadb_server',
+           'scratch_database', 'mariadb_up', 'stop_mariadb', 'start_mariadb', 'percentiles', 'result', 'emit', 'Timer',
+           'bench_env', 'scratch_home', 'bench_model', 'random_dense', 'bench_args', 'Case', 'hostile_events',
+           'hostile_requests']
 
 # %% ../nbs/80_testing.ipynb #8fcb4ae5
 def wait_for(cond,                 # a callable; its first truthy value is returned
@@ -27,6 +28,18 @@ def wait_for(cond,                 # a callable; its first truthy value is retur
         if (v := cond()): return v
         time.sleep(every)
     raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+
+# %% ../nbs/80_testing.ipynb #1ecbe41a
+def fail_next_poll(consumer,          # a kafka-python consumer
+                   error: Exception   # what its next `poll` raises, e.g. `KafkaConnectionError('111 ECONNREFUSED')`
+                  ) -> list:
+    "Make `consumer.poll` raise `error` once; the returned list is empty once it has."
+    real, pending = consumer.poll, [error]
+    def poll(*args, **kw):
+        if pending: raise pending.pop()
+        return real(*args, **kw)
+    consumer.poll = poll
+    return pending
 
 # %% ../nbs/80_testing.ipynb #0655602f
 def unique_topics(tag: str='' # a tag in the names, to tell tests apart in broker logs
