@@ -104,7 +104,9 @@ def _to_bool(text: str) -> bool:
 def _show(v) -> str:
     "A short rendering of any given value for a message (never raises, whatever the value)."
     if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**30: return f'<{v.bit_length()}-bit integer>'
-    if isinstance(v, str): return repr(v[:60]) + ('...' if len(v) > 60 else '')
+    if isinstance(v, str):   # repr escapes control characters (4 characters each): the quoted text is cut too
+        r = repr(v[:60])
+        return (r if len(r) <= 62 else r[:61] + r[0]) + ('...' if len(v) > 60 or len(r) > 62 else '')
     if v is None or isinstance(v, (bool, int, float)): return repr(v)
     return f'<{type(v).__name__}>'
 
